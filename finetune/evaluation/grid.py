@@ -1,0 +1,174 @@
+"""Labelled image grids for evaluation samples, and an atomic PNG writer."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from finetune.errors import FinetuneError
+
+MIN_CELL_SIZE = 256  # smaller images are upscaled (integer factor, NEAREST) to at least this
+LABEL_PADDING = 4  # pixels around the label text inside the white band
+LABEL_FONT_SIZE = 14
+CELL_GAP = 4  # white pixels between neighbouring cells (none at the outer edges)
+BACKGROUND = (255, 255, 255)
+TEXT_COLOR = (0, 0, 0)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Map images in [-1, 1] (any shape) to uint8 [0, 255]: clip, scale, round."""
+    x = np.clip(np.asarray(images, dtype=np.float32), -1.0, 1.0)
+    x = np.nan_to_num(x, nan=0.0)
+    return np.rint((x + 1.0) * 127.5).astype(np.uint8)
+
+
+def _load_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=LABEL_FONT_SIZE)  # Pillow >= 10.1: scalable built-in font
+    except TypeError:  # pragma: no cover - older Pillow
+        return ImageFont.load_default()
+
+
+def _text_width(font, text: str) -> float:
+    return font.getlength(text) if hasattr(font, "getlength") else font.getbbox(text)[2]
+
+
+def _wrap(text: str, font, max_width: int) -> list[str]:
+    """Greedy word wrap to `max_width` pixels; words longer than a line are split."""
+    lines: list[str] = []
+    for paragraph in str(text).splitlines() or [""]:
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = word if not line else f"{line} {word}"
+            if _text_width(font, candidate) <= max_width:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            line = ""
+            # Break an overlong word character by character.
+            for ch in word:
+                if line and _text_width(font, line + ch) > max_width:
+                    lines.append(line)
+                    line = ""
+                line += ch
+        lines.append(line)
+    return lines
+
+
+def _as_rgb_uint8(image: np.ndarray, index: int) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"make_grid: image {index} has dtype {arr.dtype}; convert with to_uint8 first")
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"make_grid: image {index} must be HxWx3, got shape {arr.shape}")
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return arr[..., :3]
+
+
+def _fit(img: Image.Image, box: int) -> Image.Image:
+    """Scale to fit a box x box square, keeping the aspect ratio."""
+    w, h = img.size
+    if (w, h) == (box, box):
+        return img
+    scale = box / max(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+    return img.resize(new, resample)
+
+
+def make_grid(
+    images: Sequence[np.ndarray],
+    labels: Sequence[str],
+    ncols: int | None = None,
+    cell_size: int | None = None,
+) -> Image.Image:
+    """A grid of square cells, each an image with its (wrapped) label on a white band under it.
+
+    ncols defaults to ceil(sqrt(n)). cell_size is the side of each cell's image square;
+    by default the largest image side, multiplied by the smallest integer that makes it
+    at least MIN_CELL_SIZE (so 64x64 becomes 256x256 with NEAREST, keeping pixels sharp).
+    Grid size: (ncols * cell_size + (ncols - 1) * CELL_GAP) x
+    (nrows * (cell_size + band_height) + (nrows - 1) * CELL_GAP), where the band height is
+    the same for all rows (enough for the longest wrapped label).
+    """
+    if len(images) == 0:
+        raise ValueError("make_grid: no images")
+    if len(images) != len(labels):
+        raise ValueError(f"make_grid: {len(images)} images but {len(labels)} labels")
+    arrays = [_as_rgb_uint8(im, i) for i, im in enumerate(images)]
+    n = len(arrays)
+    if ncols is None:
+        ncols = math.ceil(math.sqrt(n))
+    if ncols < 1:
+        raise ValueError(f"make_grid: ncols must be >= 1, got {ncols}")
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+
+    if cell_size is None:
+        largest = max(max(a.shape[0], a.shape[1]) for a in arrays)
+        cell_size = largest * max(1, math.ceil(MIN_CELL_SIZE / largest))
+    if cell_size < 1:
+        raise ValueError(f"make_grid: cell_size must be >= 1, got {cell_size}")
+
+    font = _load_font()
+    text_width = max(1, cell_size - 2 * LABEL_PADDING)
+    wrapped = [_wrap(label, font, text_width) for label in labels]
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (LABEL_FONT_SIZE, 0)
+    line_height = ascent + descent + 2
+    max_lines = max(len(lines) for lines in wrapped)
+    band = max_lines * line_height + 2 * LABEL_PADDING
+    cell_h = cell_size + band
+
+    width = ncols * cell_size + (ncols - 1) * CELL_GAP
+    height = nrows * cell_h + (nrows - 1) * CELL_GAP
+    grid = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(grid)
+    for i, (arr, lines) in enumerate(zip(arrays, wrapped)):
+        row, col = divmod(i, ncols)
+        x0, y0 = col * (cell_size + CELL_GAP), row * (cell_h + CELL_GAP)
+        tile = _fit(Image.fromarray(arr, "RGB"), cell_size)
+        grid.paste(tile, (x0 + (cell_size - tile.width) // 2, y0 + (cell_size - tile.height) // 2))
+        y = y0 + cell_size + LABEL_PADDING
+        for line in lines:
+            draw.text((x0 + LABEL_PADDING, y), line, fill=TEXT_COLOR, font=font)
+            y += line_height
+    return grid
+
+
+def save_png_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write `image` as PNG to `path` via a temp file in the same folder and os.replace.
+
+    Readers never see a half-written file; on failure the temp file is removed and a
+    FinetuneError naming the path is raised. The parent folder is created if needed.
+    """
+    path = Path(path)
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600 files; use the usual mode
+            image.save(f, format="PNG")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+        tmp_name = None
+    except OSError as e:
+        raise FinetuneError(f"cannot write image {path}: {e.strerror or e}; check the folder is writable") from e
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+    return path

@@ -1,0 +1,117 @@
+"""Model presets: the whole Stable Diffusion v1 family written as data.
+
+A preset names the widths, depths, heads and constants of the four components. The
+model code in this package reads nothing else, so `sd_v1` (keras-cv's shapes, which are
+the CompVis SD v1.x shapes) and the `tiny` test preset share every line of code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from finetune.errors import ConfigError
+
+# CLIP BPE vocabulary (OpenAI CLIP, bpe_simple_vocab_16e6): 49152 - 256 - 2 merges
+# + 512 byte tokens + <|startoftext|> (49406) + <|endoftext|> (49407) = 49408 ids.
+CLIP_VOCAB_SIZE = 49408
+CLIP_START_OF_TEXT = 49406
+CLIP_END_OF_TEXT = 49407
+CLIP_MAX_LENGTH = 77
+# SD v1 VAE latent scale (CompVis v1-inference.yaml: scale_factor).
+SD_V1_LATENT_SCALE = 0.18215
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    vocab_size: int = CLIP_VOCAB_SIZE
+    max_length: int = CLIP_MAX_LENGTH
+    width: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    mlp_ratio: int = 4
+    activation: str = "quick_gelu"  # CLIP ViT-L/14 text tower
+    norm_epsilon: float = 1e-5
+
+
+@dataclass(frozen=True)
+class UNetSpec:
+    latent_channels: int = 4
+    block_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    attention: tuple[bool, ...] = (True, True, True, False)  # cross-attention per level
+    layers_per_block: int = 2
+    num_heads: int = 8
+    context_dim: int = 768
+    norm_groups: int = 32
+    norm_epsilon: float = 1e-5
+    # keras-cv's GEGLU uses the tanh approximation of GELU; CompVis/diffusers use erf.
+    gelu: str = "tanh"
+    max_period: float = 10000.0  # sinusoidal timestep embedding
+
+    @property
+    def time_embedding_dim(self) -> int:
+        return 4 * self.block_channels[0]
+
+
+@dataclass(frozen=True)
+class VAESpec:
+    image_channels: int = 3
+    block_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    norm_groups: int = 32
+    norm_epsilon: float = 1e-5
+    scaling_factor: float = SD_V1_LATENT_SCALE
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (len(self.block_channels) - 1)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    text_encoder: TextEncoderSpec = field(default_factory=TextEncoderSpec)
+    unet: UNetSpec = field(default_factory=UNetSpec)
+    vae: VAESpec = field(default_factory=VAESpec)
+    start_id: int = CLIP_START_OF_TEXT
+    end_id: int = CLIP_END_OF_TEXT
+    pad_id: int = CLIP_END_OF_TEXT  # SD v1 pads prompts with <|endoftext|>
+    resolution: int = 512  # the resolution the preset was trained at
+
+    def __post_init__(self):
+        if self.unet.context_dim != self.text_encoder.width:
+            raise ConfigError(
+                f"preset {self.name}: unet.context_dim={self.unet.context_dim} != text_encoder.width={self.text_encoder.width}"
+            )
+        if len(self.unet.attention) != len(self.unet.block_channels):
+            raise ConfigError(f"preset {self.name}: unet.attention needs one flag per entry of unet.block_channels")
+        if self.unet.latent_channels != self.vae.latent_channels:
+            raise ConfigError(f"preset {self.name}: unet and vae disagree on latent_channels")
+
+
+SD_V1 = Preset(name="sd_v1")
+
+# A few-MB model with the same code paths: 2 UNet levels, 2 text layers, narrow VAE.
+TINY = Preset(
+    name="tiny",
+    text_encoder=TextEncoderSpec(width=32, num_layers=2, num_heads=2),
+    unet=UNetSpec(
+        block_channels=(32, 64),
+        attention=(True, True),
+        layers_per_block=1,
+        num_heads=2,
+        context_dim=32,
+        norm_groups=8,
+    ),
+    vae=VAESpec(block_channels=(16, 32, 32, 32), layers_per_block=1, norm_groups=8),
+    resolution=64,
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (SD_V1, TINY)}
+
+
+def get_preset(name: str, **overrides) -> Preset:
+    """The preset called `name`; `overrides` replace top-level fields (e.g. resolution)."""
+    if name not in PRESETS:
+        raise ConfigError(f"model.preset={name!r} is not a preset; choose one of {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
