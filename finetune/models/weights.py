@@ -130,14 +130,34 @@ def load_safetensors_weights(model: keras.Model, path: str | Path) -> None:
         var.assign(tensors[name].astype(var.dtype))
 
 
-def load_weights(model: keras.Model, path: str | Path | None, config_key: str) -> None:
-    """Load `path` into `model` by its format; `config_key` names the setting in errors."""
-    if path is None:
-        return
+def require_file(path: str | Path, config_key: str) -> Path:
     path = Path(os.path.expanduser(str(path)))
     if not path.is_file():
         hint = WHERE_WEIGHTS_COME_FROM if path.suffix == ".h5" else "check the path"
         raise MissingFileError(f"{config_key}={path}: file not found; {hint}")
+    return path
+
+
+def require_weight_files(model_cfg, components: list[str]) -> None:
+    """Check every weight file a stage needs before any work starts."""
+    from finetune.errors import ConfigError
+
+    for component in components:
+        path = getattr(model_cfg.weights, component)
+        if path is not None:
+            require_file(path, f"model.weights.{component}")
+        elif not model_cfg.allow_random_weights:
+            raise ConfigError(
+                f"model.weights.{component} is not set; give the local path of the {component} weights "
+                "(or model.allow_random_weights=true for random weights)"
+            )
+
+
+def load_weights(model: keras.Model, path: str | Path | None, config_key: str) -> None:
+    """Load `path` into `model` by its format; `config_key` names the setting in errors."""
+    if path is None:
+        return
+    path = require_file(path, config_key)
     if path.suffix == ".h5":
         load_keras_cv_weights(model, path)
     elif path.suffix == ".safetensors":

@@ -1,0 +1,67 @@
+"""What every command-line entry point shares: quiet logs, one-line errors, no half-made run folders."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from finetune.errors import FinetuneError
+
+# Files Hydra writes into every run folder before the job does anything.
+_BOOKKEEPING = {".hydra", "train.log", "evaluate.log"}
+
+
+def quiet_frameworks(verbose: bool) -> None:
+    """TensorFlow, absl and friends print pages of notices; keep them unless verbose."""
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore")
+    for name in ("tensorflow", "absl", "h5py", "tensorflow_datasets", "jax", "wandb"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def remove_if_empty_run(run_dir: Path) -> None:
+    """A run that failed before writing any result leaves nothing behind."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING | {"tfds"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run_cli(hydra_main) -> None:
+    """Call a @hydra.main function; user errors become one line on stderr and exit code 2."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        hydra_main()
+    except FinetuneError as e:
+        _fail(str(e))
+    except (HydraException, OmegaConfBaseException) as e:
+        _fail(_one_line_config_error(e))
+
+
+def _one_line_config_error(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None)
+    first = lines[0] if lines else type(e).__name__
+    cause = e.__cause__
+    if cause is not None and str(cause).strip():
+        cause_first = str(cause).strip().splitlines()[0]
+        key = key or next(
+            (ln.split(":", 1)[1].strip() for ln in str(cause).splitlines() if ln.strip().startswith("full_key:")), None
+        )
+        if cause_first not in first:
+            first = f"{first} {cause_first}"
+    return f"config error: {first}" + (f" (key: {key})" if key and key not in first else "")
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

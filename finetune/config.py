@@ -1,0 +1,127 @@
+"""Typed schemas of the Hydra configs.
+
+The schemas are registered in Hydra's ConfigStore and sit first in the defaults lists
+of `configs/train.yaml` and `configs/evaluate.yaml`, so Hydra checks every key and type
+while it composes: an unknown key or a value of the wrong type stops the run before it
+starts, with the key named (see `finetune.cli`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelWeights:
+    """Local paths of the four components' weight files (keras-cv .h5 or project .safetensors)."""
+
+    text_encoder: Optional[str] = None
+    unet: Optional[str] = None
+    vae_encoder: Optional[str] = None
+    vae_decoder: Optional[str] = None
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    weights: ModelWeights = field(default_factory=ModelWeights)
+    # A component without a weight file starts from seeded random weights only when this is true.
+    allow_random_weights: bool = False
+    init_seed: int = 0
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    jit_compile: bool = False
+
+
+@dataclass
+class DataConfig:
+    concept_dir: str = MISSING
+    templates: str = "object"  # object | style | path to a file with one template per line
+    resolution: int = 64
+    crop: str = "center"  # center | random_resized
+    flip: bool = True
+    crops_per_image: int = 4
+    repeats: int = 1
+    data_dir: Optional[str] = None  # where the TFDS dataset is prepared; default: <run dir>/tfds
+
+
+@dataclass
+class TokenConfig:
+    placeholder: str = "<concept>"
+    initializer: Optional[str] = None  # text whose token embeddings start the vectors; null = random
+    num_vectors: int = 1
+    truncate_long_prompts: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 200  # optimizer updates
+    batch_size: int = 4
+    learning_rate: float = 5e-3
+    scale_lr: bool = False  # lr x batch_size x gradient_accumulation_steps
+    lr_schedule: str = "constant"  # constant | linear | cosine
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: Optional[float] = None
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    resume: Optional[str] = None  # null | auto | path to a checkpoint or run folder
+    encode_batch_size: int = 8
+
+
+@dataclass
+class EvalConfig:
+    prompts: list[str] = field(default_factory=lambda: ["a photo of {}"])  # {} = the placeholder
+    negative_prompt: str = ""
+    images_per_prompt: int = 2
+    num_steps: int = 25
+    guidance_scale: float = 5.0
+    eta: float = 0.0
+    seed: int = 0
+    preview_every: int = 0  # render eval.prompts[0] every N steps (0: never)
+    enabled: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "textual-inversion"
+    mode: str = "offline"  # wandb: online | offline | disabled
+    log_every: int = 10
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    token: TokenConfig = field(default_factory=TokenConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    name: str = "default"
+    verbose: bool = False
+
+
+@dataclass
+class EvaluateConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    token: TokenConfig = field(default_factory=TokenConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    embedding: str = MISSING  # path to a learned_embeds.safetensors
+    resolution: int = 64
+    name: str = "evaluate"
+    verbose: bool = False
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)

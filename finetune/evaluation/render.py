@@ -1,0 +1,57 @@
+"""Render prompts with the learned token: text encoding, DDIM with guidance, VAE decoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from finetune.diffusion.schedule import NoiseSchedule
+from finetune.evaluation.grid import to_uint8
+from finetune.sampling import DDIMSampler, SamplerSettings
+
+
+def expand_prompt(prompt: str, placeholder: str) -> str:
+    """`{}` in an eval prompt stands for the placeholder token."""
+    return prompt.replace("{}", placeholder)
+
+
+@dataclass
+class RenderedImage:
+    prompt: str
+    seed: int
+    image: np.ndarray  # uint8 [H, W, 3]
+
+    @property
+    def label(self) -> str:
+        return f"{self.prompt} (seed {self.seed})"
+
+
+class PromptRenderer:
+    def __init__(self, tokenizer, text_encoder, unet, vae_decoder, resolution: int, jit_compile: bool = False):
+        self.tokenizer, self.text_encoder, self.vae_decoder = tokenizer, text_encoder, vae_decoder
+        factor = vae_decoder.spec.downsampling_factor
+        self.latent_shape = (resolution // factor, resolution // factor, vae_decoder.spec.latent_channels)
+        self.schedule = NoiseSchedule()
+        self._denoise = tf.function(lambda x, t, c: unet(x, t, c), jit_compile=jit_compile, reduce_retracing=True)
+        self._decode = tf.function(lambda z: vae_decoder(z), jit_compile=jit_compile, reduce_retracing=True)
+
+    def encode(self, prompts: list[str]) -> np.ndarray:
+        return keras.ops.convert_to_numpy(self.text_encoder(self.tokenizer(prompts)))
+
+    def render(
+        self, prompts: list[str], settings: SamplerSettings, images_per_prompt: int = 1,
+        negative_prompt: str = "", progress: bool = True,
+    ) -> list[RenderedImage]:
+        """Image i of every prompt starts from the noise of seed `settings.seed + i`, so prompts compare like for like."""
+        seeds = [settings.seed + i for i in range(images_per_prompt)]
+        jobs = [(p, s) for p in prompts for s in seeds]
+        context = self.encode([p for p, _ in jobs])
+        uncond = self.encode([negative_prompt])
+        noise = np.stack([np.random.default_rng(s).standard_normal(self.latent_shape, dtype=np.float32) for _, s in jobs])
+        sampler = DDIMSampler(self.schedule, settings)
+        latents = sampler.sample(self._denoise, context, uncond, self.latent_shape, initial_noise=noise, progress=progress)
+        images = to_uint8(keras.ops.convert_to_numpy(self._decode(tf.constant(latents))))
+        return [RenderedImage(p, s, img) for (p, s), img in zip(jobs, images)]

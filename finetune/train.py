@@ -1,0 +1,31 @@
+"""python -m finetune.train [overrides]: learn a placeholder token from a concept folder (see configs/train.yaml)."""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from finetune.cli import quiet_frameworks, remove_if_empty_run, run_cli
+from finetune.config import register_schemas
+
+register_schemas()
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> dict:
+    quiet_frameworks(cfg.verbose)
+    from finetune.training.run import train
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        metrics = train(OmegaConf.to_object(cfg), run_dir)
+    except BaseException:
+        remove_if_empty_run(run_dir)
+        raise
+    print(f"done: {run_dir} (final loss {metrics['final_loss']:.4f}, {metrics['wall_seconds']:.0f} s)")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,95 @@
+"""`StableDiffusionFineTuner`: the textual-inversion training step.
+
+One step: pick cached VAE posteriors and captions, sample latents from the posteriors,
+add noise at uniform random timesteps (DDPM schedule), let the frozen UNet predict the
+noise from the text encoding of the captions, and take the MSE. Gradients flow only
+into the text encoder's learned placeholder vectors.
+
+Randomness is a pure function of (seed, step): every random draw uses stateless ops
+seeded by the step counter, so a resumed run draws exactly what the uninterrupted run
+would have drawn.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from finetune.diffusion.schedule import NoiseSchedule
+
+# Distinct streams of the stateless RNG, combined with the step counter.
+_STREAM_POSTERIOR, _STREAM_TIMESTEP, _STREAM_NOISE = 1, 2, 3
+
+
+class StableDiffusionFineTuner(keras.Model):
+    def __init__(
+        self,
+        text_encoder: keras.Model,
+        unet: keras.Model,
+        latent_moments: np.ndarray,
+        caption_tokens: np.ndarray,
+        schedule: NoiseSchedule,
+        latent_scale: float,
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.text_encoder, self.unet = text_encoder, unet
+        self.unet.trainable = False
+        for layer in text_encoder.layers:
+            layer.trainable = layer is text_encoder.token_embedding
+        self.learned_vectors = text_encoder.token_embedding.learned_vectors
+        # Cached per-variant posterior moments [M, h, w, 2C] and tokenized captions [K, L]: constants of the step.
+        self.latent_moments = tf.constant(latent_moments, dtype="float32")
+        self.caption_tokens = tf.constant(caption_tokens, dtype="int32")
+        acp = schedule.alphas_cumprod
+        self.sqrt_acp = tf.constant(np.sqrt(acp), dtype="float32")
+        self.sqrt_one_minus_acp = tf.constant(np.sqrt(1.0 - acp), dtype="float32")
+        self.num_timesteps = schedule.num_train_timesteps
+        self.latent_scale = float(latent_scale)
+        self.seed = int(seed)
+        self.step_counter = keras.Variable(0, dtype="int64", trainable=False, name="step_counter")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def _rng(self, stream: int):
+        return tf.stack([tf.cast(self.seed, tf.int64) * 4 + stream, tf.cast(self.step_counter, tf.int64)])
+
+    def sample_inputs(self, batch):
+        """Noisy latents, timesteps, true noise and token ids for one batch (no gradients involved)."""
+        moments = tf.gather(self.latent_moments, batch["variant"])
+        mean, logvar = tf.split(moments, 2, axis=-1)
+        shape = tf.shape(mean)
+        posterior_noise = tf.random.stateless_normal(shape, self._rng(_STREAM_POSTERIOR))
+        latents = (mean + tf.exp(0.5 * logvar) * posterior_noise) * self.latent_scale
+        timesteps = tf.random.stateless_uniform(
+            [shape[0]], self._rng(_STREAM_TIMESTEP), minval=0, maxval=self.num_timesteps, dtype=tf.int32
+        )
+        noise = tf.random.stateless_normal(shape, self._rng(_STREAM_NOISE))
+        a = tf.gather(self.sqrt_acp, timesteps)[:, None, None, None]
+        b = tf.gather(self.sqrt_one_minus_acp, timesteps)[:, None, None, None]
+        tokens = tf.gather(self.caption_tokens, batch["caption"])
+        return a * latents + b * noise, timesteps, noise, tokens
+
+    def compute_noise_loss(self, noisy, timesteps, noise, tokens):
+        context = self.text_encoder(tokens)
+        predicted = self.unet(noisy, timesteps, context)
+        return ops.mean(ops.square(ops.cast(predicted, "float32") - noise))
+
+    def train_step(self, batch):
+        noisy, timesteps, noise, tokens = self.sample_inputs(batch)
+        with tf.GradientTape() as tape:
+            loss = self.compute_noise_loss(noisy, timesteps, noise, tokens)
+            scaled = self.optimizer.scale_loss(loss)
+        gradient = tape.gradient(scaled, self.learned_vectors)
+        if isinstance(gradient, tf.IndexedSlices):
+            gradient = tf.convert_to_tensor(gradient)  # [num_vectors, D]: small
+        self.optimizer.apply_gradients([(gradient, self.learned_vectors)])
+        self.step_counter.assign_add(1)
+        self.loss_tracker.update_state(loss)
+        return {"loss": loss, "lr": self.optimizer.learning_rate}

@@ -1,0 +1,226 @@
+"""One textual-inversion run, start to finish, as a plain function of a typed config.
+
+    check inputs -> tokenizer + placeholder -> concept dataset -> latents cached with the
+    frozen VAE encoder (then freed) -> text encoder + UNet -> fit (checkpoints, previews)
+    -> learned_embeds.safetensors -> evaluation renders -> metrics.json
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from omegaconf import OmegaConf
+
+from finetune.data.pipeline import load_concept, training_dataset
+from finetune.data.templates import load_templates
+from finetune.diffusion.schedule import NoiseSchedule
+from finetune.errors import ConfigError
+from finetune.evaluation.grid import make_grid, save_png_atomic
+from finetune.evaluation.render import PromptRenderer, expand_prompt
+from finetune.evaluation.stage import render_eval_prompts, sampler_settings
+from finetune.export.diffusers_format import DEFAULT_FILENAME, save_diffusers_embedding
+from finetune.io import write_json_atomic
+from finetune.models import load_component
+from finetune.models.presets import get_preset
+from finetune.models.weights import require_weight_files
+from finetune.tokens.tokenizer import ClipTokenizer
+from finetune.training import callbacks as cb
+from finetune.training.checkpoints import find_resume_checkpoint, restore_checkpoint, save_checkpoint
+from finetune.training.fine_tuner import StableDiffusionFineTuner
+from finetune.training.loggers import make_logger
+from finetune.training.schedules import WarmupDecay
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(cfg) -> str:
+    """Hash of everything that decides the learned vectors (not max_steps, resume or eval)."""
+    keep = {k: OmegaConf.to_container(OmegaConf.structured(getattr(cfg, k))) for k in ("model", "data", "token")}
+    trainer = OmegaConf.to_container(OmegaConf.structured(cfg.trainer))
+    for k in ("max_steps", "resume", "checkpoint_every", "keep_checkpoints"):
+        trainer.pop(k)
+    blob = json.dumps({**keep, "trainer": trainer, "seed": cfg.seed}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def make_tokenizer(token_cfg, max_length: int) -> tuple[ClipTokenizer, list[int]]:
+    if token_cfg.num_vectors < 1:
+        raise ConfigError(f"token.num_vectors={token_cfg.num_vectors} must be >= 1")
+    tokenizer = ClipTokenizer(max_length=max_length, truncate=token_cfg.truncate_long_prompts)
+    tokenizer.add_placeholder(token_cfg.placeholder, token_cfg.num_vectors)
+    return tokenizer, tokenizer.placeholder_ids(token_cfg.placeholder)
+
+
+def initializer_ids(tokenizer: ClipTokenizer, token_cfg) -> list[int]:
+    if not token_cfg.initializer:
+        return []
+    ids = tokenizer.encode(token_cfg.initializer)
+    if not ids or any(i >= tokenizer.base_vocab_size for i in ids):
+        raise ConfigError(f"token.initializer={token_cfg.initializer!r} must be plain text of the CLIP vocabulary")
+    return ids
+
+
+def encode_latents(vae_encoder, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Posterior moments [M, h, w, 2C] (mean | logvar) of every image variant, computed once."""
+    encode = tf.function(lambda x: tf.concat(vae_encoder(x), axis=-1), reduce_retracing=True)
+    return np.concatenate([encode(tf.constant(images[i : i + batch_size])).numpy() for i in range(0, len(images), batch_size)])
+
+
+def make_optimizer(trainer_cfg, replicas: int = 1) -> keras.optimizers.Optimizer:
+    t = trainer_cfg
+    lr = t.learning_rate * (t.batch_size * t.gradient_accumulation_steps * replicas if t.scale_lr else 1)
+    return keras.optimizers.AdamW(
+        learning_rate=WarmupDecay(lr, t.max_steps, t.warmup_steps, t.lr_schedule),
+        weight_decay=t.weight_decay,
+        beta_1=t.adam_beta1,
+        beta_2=t.adam_beta2,
+        epsilon=t.adam_epsilon,
+        global_clipnorm=t.max_grad_norm,
+        gradient_accumulation_steps=t.gradient_accumulation_steps if t.gradient_accumulation_steps > 1 else None,
+    )
+
+
+def validate(cfg) -> None:
+    t = cfg.trainer
+    for key, value, low in (
+        ("trainer.max_steps", t.max_steps, 1), ("trainer.batch_size", t.batch_size, 1),
+        ("trainer.gradient_accumulation_steps", t.gradient_accumulation_steps, 1),
+        ("trainer.checkpoint_every", t.checkpoint_every, 0), ("eval.images_per_prompt", cfg.eval.images_per_prompt, 1),
+    ):
+        if value < low:
+            raise ConfigError(f"{key}={value} must be >= {low}")
+    if t.learning_rate <= 0:
+        raise ConfigError(f"trainer.learning_rate={t.learning_rate} must be > 0")
+    factor = get_preset(cfg.model.preset).vae.downsampling_factor
+    if cfg.data.resolution % (factor * 2 ** (len(get_preset(cfg.model.preset).unet.block_channels) - 1)):
+        raise ConfigError(f"data.resolution={cfg.data.resolution} must be a multiple of the model's total downsampling")
+
+
+def train(cfg, run_dir: str | Path) -> dict:
+    """Run textual inversion as `cfg` (a TrainConfig) says; outputs go to `run_dir`. Returns the metrics."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    validate(cfg)
+    preset = get_preset(cfg.model.preset)
+    needed = ["text_encoder", "unet", "vae_encoder"] + (["vae_decoder"] if cfg.eval.enabled else [])
+    require_weight_files(cfg.model, needed)
+    tf.config.experimental.enable_op_determinism()
+
+    tokenizer, placeholder_ids = make_tokenizer(cfg.token, preset.text_encoder.max_length)
+    init_ids = initializer_ids(tokenizer, cfg.token)
+    examples = load_concept(
+        cfg.data.concept_dir, cfg.token.placeholder, load_templates(cfg.data.templates), cfg.data.resolution,
+        crop=cfg.data.crop, flip=cfg.data.flip, crops_per_image=cfg.data.crops_per_image, repeats=cfg.data.repeats,
+        seed=cfg.seed, data_dir=cfg.data.data_dir or run_dir / "tfds",
+    )
+    caption_tokens = tokenizer(examples.captions)
+    log.info("concept: %d images, %d variants, %d captions", examples.num_sources, examples.num_variants, len(examples.captions))
+
+    vae_encoder = load_component(cfg.model, "vae_encoder")
+    moments = encode_latents(vae_encoder, examples.images, cfg.trainer.encode_batch_size)
+    del vae_encoder
+    gc.collect()
+
+    text_encoder = load_component(cfg.model, "text_encoder", num_placeholder_vectors=cfg.token.num_vectors)
+    embedding = text_encoder.token_embedding
+    initial_vectors = embedding.initial_vectors(init_ids, cfg.seed)
+    embedding.set_learned_vectors(initial_vectors)
+    unet = load_component(cfg.model, "unet")
+
+    tuner = StableDiffusionFineTuner(
+        text_encoder, unet, moments, caption_tokens, NoiseSchedule(), preset.vae.scaling_factor, seed=cfg.seed
+    )
+    optimizer = make_optimizer(cfg.trainer)
+    tuner.compile(optimizer=optimizer, jit_compile=cfg.model.jit_compile)
+    tuner.optimizer.build([tuner.learned_vectors])
+
+    accumulation = cfg.trainer.gradient_accumulation_steps
+    run_fingerprint = fingerprint(cfg)
+    start_step = 0
+    resume_from = find_resume_checkpoint(cfg.trainer.resume, run_dir, run_fingerprint)
+    if resume_from is not None:
+        start_step = restore_checkpoint(resume_from, tuner.learned_vectors, tuner.optimizer)["step"]
+        log.info("resumed from %s at step %d", resume_from, start_step)
+    start_micro = start_step * accumulation
+    tuner.step_counter.assign(start_micro)
+
+    metadata = {
+        "placeholder": cfg.token.placeholder, "preset": preset.name, "initializer": str(cfg.token.initializer),
+        "num_vectors": str(cfg.token.num_vectors), "placeholder_ids": json.dumps(placeholder_ids),
+    }
+
+    def vectors() -> np.ndarray:
+        return keras.ops.convert_to_numpy(tuner.learned_vectors).astype("float32")
+
+    def save(step: int) -> None:
+        save_checkpoint(run_dir, step, tuner.learned_vectors, tuner.optimizer,
+                        {"fingerprint": run_fingerprint, "seed": cfg.seed}, keep=cfg.trainer.keep_checkpoints)
+        save_diffusers_embedding(run_dir / f"learned_embeds-steps-{step}.safetensors", cfg.token.placeholder,
+                                 vectors(), {**metadata, "steps": str(step)})
+
+    renderer = None
+    if cfg.eval.enabled:
+        decoder = load_component(cfg.model, "vae_decoder")
+        renderer = PromptRenderer(tokenizer, text_encoder, unet, decoder, cfg.data.resolution, cfg.model.jit_compile)
+
+    logger = make_logger(cfg.logger, OmegaConf.to_container(OmegaConf.structured(cfg)), run_dir,
+                         tags=[preset.name, cfg.token.placeholder])
+    preview_prompt = expand_prompt(cfg.eval.prompts[0], cfg.token.placeholder) if cfg.eval.prompts else None
+
+    def preview(step: int) -> None:
+        if renderer is None or preview_prompt is None:
+            return
+        image = renderer.render([preview_prompt], sampler_settings(cfg.eval), 1, cfg.eval.negative_prompt, progress=False)[0]
+        save_png_atomic(make_grid([image.image], [f"step {step}: {image.label}"]), cb.preview_path(run_dir, step))
+        logger.log_images("previews", [image.image], [f"step {step}: {image.label}"], step)
+
+    history = cb.LossHistory(start_micro, accumulation)
+    callbacks = [
+        history,
+        cb.ProgressBar(start_micro, accumulation, cfg.trainer.max_steps),
+        cb.Every(start_micro, accumulation, cfg.trainer.checkpoint_every, save),
+        cb.Every(start_micro, accumulation, cfg.eval.preview_every, preview),
+        cb.LoggerCallback(start_micro, accumulation, logger, cfg.logger.log_every),
+    ]
+    remaining = cfg.trainer.max_steps * accumulation - start_micro
+    train_started = time.perf_counter()
+    if remaining > 0:
+        dataset = training_dataset(examples, cfg.trainer.batch_size, cfg.seed).skip(start_micro)
+        tuner.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=callbacks, verbose=0)
+    train_seconds = time.perf_counter() - train_started
+
+    final = vectors()
+    if not np.all(np.isfinite(final)):
+        raise ConfigError("training diverged (learned vectors are not finite); lower trainer.learning_rate")
+    save_diffusers_embedding(run_dir / DEFAULT_FILENAME, cfg.token.placeholder, final,
+                             {**metadata, "steps": str(cfg.trainer.max_steps)})
+
+    sampling = None
+    if renderer is not None and cfg.eval.prompts:
+        render_eval_prompts(renderer, cfg.eval, cfg.token.placeholder, run_dir / "samples")
+        sampling = {k: getattr(cfg.eval, k) for k in ("num_steps", "guidance_scale", "eta", "seed", "images_per_prompt", "negative_prompt")}
+        sampling["prompts"] = [expand_prompt(p, cfg.token.placeholder) for p in cfg.eval.prompts]
+
+    metrics = {
+        "final_loss": history.losses[-1] if history.losses else None,
+        "mean_loss_last_10": float(np.mean(history.losses[-10:])) if history.losses else None,
+        "steps": cfg.trainer.max_steps,
+        "resumed_from_step": start_step,
+        "train_seconds": round(train_seconds, 3),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "learned_vector_norms": [float(n) for n in np.linalg.norm(final, axis=1)],
+        "initial_vector_norms": [float(n) for n in np.linalg.norm(initial_vectors, axis=1)],
+        "loss_history": {"step": history.steps, "loss": history.losses, "lr": history.lrs},
+        "sampling": sampling,
+    }
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    logger.finish({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    return metrics
