@@ -34,3 +34,35 @@ def render_eval_prompts(renderer: PromptRenderer, eval_cfg, placeholder: str, ou
     grid = make_grid([r.image for r in rendered], [r.label for r in rendered], ncols=eval_cfg.images_per_prompt)
     save_png_atomic(grid, out_dir / "grid.png")
     return rendered
+
+
+def evaluate_embedding(cfg, run_dir: str | Path) -> Path:
+    """Load `cfg.embedding` (diffusers format) into the model and render `cfg.eval` prompts to run_dir/samples."""
+    from finetune.export.diffusers_format import load_diffusers_embedding
+    from finetune.io import write_json_atomic
+    from finetune.models import load_component
+    from finetune.models.weights import require_weight_files
+    from finetune.training.run import make_tokenizer
+
+    require_weight_files(cfg.model, ["text_encoder", "unet", "vae_decoder"])
+    placeholder, vectors, metadata = load_diffusers_embedding(cfg.embedding)
+    token_cfg = type(cfg.token)(**{**vars(cfg.token), "placeholder": placeholder, "num_vectors": len(vectors)})
+    text_encoder = load_component(cfg.model, "text_encoder", num_placeholder_vectors=len(vectors))
+    if vectors.shape[1] != text_encoder.spec.width:
+        from finetune.errors import DataError
+
+        raise DataError(
+            f"embedding={cfg.embedding}: vectors have width {vectors.shape[1]}, model.preset={cfg.model.preset} "
+            f"needs {text_encoder.spec.width}"
+        )
+    tokenizer, _ = make_tokenizer(token_cfg, text_encoder.spec.max_length)
+    text_encoder.token_embedding.set_learned_vectors(vectors)
+    renderer = PromptRenderer(
+        tokenizer, text_encoder, load_component(cfg.model, "unet"), load_component(cfg.model, "vae_decoder"),
+        cfg.resolution, cfg.model.jit_compile,
+    )
+    out_dir = Path(run_dir) / "samples"
+    render_eval_prompts(renderer, cfg.eval, placeholder, out_dir)
+    write_json_atomic(Path(run_dir) / "metrics.json", {"embedding": str(cfg.embedding), "embedding_metadata": metadata,
+                                                       "placeholder": placeholder, "num_vectors": len(vectors)})
+    return out_dir / "grid.png"

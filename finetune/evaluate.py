@@ -1,0 +1,30 @@
+"""python -m finetune.evaluate embedding=PATH [overrides]: render the eval prompts with a learned embedding."""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from finetune.cli import quiet_frameworks, remove_if_empty_run, run_cli
+from finetune.config import register_schemas
+
+register_schemas()
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    quiet_frameworks(cfg.verbose)
+    from finetune.evaluation.stage import evaluate_embedding
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        grid = evaluate_embedding(OmegaConf.to_object(cfg), run_dir)
+    except BaseException:
+        remove_if_empty_run(run_dir)
+        raise
+    print(f"done: {grid}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
