@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from PIL import Image
 
 from finetune.data.images import find_images, load_image
@@ -168,8 +167,8 @@ class ConceptImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # through `importlib_resources`, which is not a dependency; give it directly.
     @tfds.core.utils.classproperty
     @classmethod
-    def code_path(cls) -> epath.Path:
-        return epath.Path(__file__)
+    def code_path(cls) -> tfds.core.Path:
+        return tfds.core.Path(__file__)
 
     def __init__(self, *, config: ConceptImagesConfig, data_dir: str | os.PathLike, **kwargs):
         if not isinstance(config, ConceptImagesConfig):
@@ -280,7 +279,8 @@ def prepare_concept(
     builder = make_builder(config, data_dir)
     if _is_prepared(builder):
         return builder
-    find_images(concept_dir)  # decodes every image: DataError naming a corrupt file
+    for path in find_images(concept_dir):  # decodes every image: DataError naming a corrupt file
+        read_sidecar(path)  # DataError naming an unreadable caption file
     try:
         builder.download_and_prepare(
             download_dir=data_dir / "downloads",
