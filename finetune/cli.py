@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from finetune.errors import FinetuneError
@@ -23,6 +24,9 @@ def quiet_frameworks(verbose: bool) -> None:
     warnings.filterwarnings("ignore")
     for name in ("tensorflow", "absl", "h5py", "tensorflow_datasets", "jax", "wandb"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    import tensorflow_datasets as tfds
+
+    tfds.display_progress_bar(False)
 
 
 def remove_if_empty_run(run_dir: Path) -> None:
@@ -32,9 +36,46 @@ def remove_if_empty_run(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+@contextmanager
+def job_guard(run_dir: Path):
+    """Wrap the work of a Hydra job: on any failure, remove the run folder if it holds no result.
+
+    A user error exits right here with its one line: raised further, Hydra's job runner
+    would first print its own "Error executing job with overrides: [...]" line.
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        yield
+    except FinetuneError as e:
+        remove_if_empty_run(run_dir)
+        _fail(str(e))
+    except (HydraException, OmegaConfBaseException) as e:
+        remove_if_empty_run(run_dir)
+        _fail(_one_line_config_error(e))
+    except BaseException:
+        remove_if_empty_run(run_dir)
+        raise
+
+
+def _import_tensorflow_silently() -> None:
+    """TF 2.21 prints absl/oneDNN/CUDA notices from C++ at import, whatever TF_CPP_MIN_LOG_LEVEL says."""
+    devnull, saved = os.open(os.devnull, os.O_WRONLY), os.dup(2)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
 def run_cli(hydra_main) -> None:
     """Call a @hydra.main function; user errors become one line on stderr and exit code 2."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "verbose=true" not in sys.argv:
+        _import_tensorflow_silently()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException

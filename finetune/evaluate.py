@@ -6,7 +6,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.cli import quiet_frameworks, remove_if_empty_run, run_cli
+from finetune.cli import job_guard, quiet_frameworks, run_cli
 from finetune.config import register_schemas
 
 register_schemas()
@@ -18,11 +18,8 @@ def main(cfg: DictConfig) -> None:
     from finetune.evaluation.stage import evaluate_embedding
 
     run_dir = HydraConfig.get().runtime.output_dir
-    try:
+    with job_guard(run_dir):
         grid = evaluate_embedding(OmegaConf.to_object(cfg), run_dir)
-    except BaseException:
-        remove_if_empty_run(run_dir)
-        raise
     print(f"done: {grid}")
 
 

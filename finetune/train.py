@@ -6,7 +6,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.cli import quiet_frameworks, remove_if_empty_run, run_cli
+from finetune.cli import job_guard, quiet_frameworks, run_cli
 from finetune.config import register_schemas
 
 register_schemas()
@@ -18,11 +18,8 @@ def main(cfg: DictConfig) -> dict:
     from finetune.training.run import train
 
     run_dir = HydraConfig.get().runtime.output_dir
-    try:
+    with job_guard(run_dir):
         metrics = train(OmegaConf.to_object(cfg), run_dir)
-    except BaseException:
-        remove_if_empty_run(run_dir)
-        raise
     print(f"done: {run_dir} (final loss {metrics['final_loss']:.4f}, {metrics['wall_seconds']:.0f} s)")
     return metrics
 

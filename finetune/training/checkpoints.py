@@ -35,7 +35,7 @@ def save_checkpoint(run_dir: Path, step: int, learned_vectors, optimizer, meta: 
     tmp.mkdir(parents=True)
     tensors = {"learned_vectors": np.asarray(keras.ops.convert_to_numpy(learned_vectors), dtype="float32")}
     for i, var in enumerate(optimizer.variables):
-        tensors[f"optimizer/{i:03d}/{var.path}"] = np.ascontiguousarray(keras.ops.convert_to_numpy(var))
+        tensors[f"optimizer/{i:03d}/{var.path}"] = np.array(keras.ops.convert_to_numpy(var), order="C")
     save_file(tensors, str(tmp / STATE_FILE))
     (tmp / META_FILE).write_text(json.dumps({**meta, "step": step}, indent=2))
     shutil.rmtree(final, ignore_errors=True)

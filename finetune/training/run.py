@@ -55,7 +55,10 @@ def make_tokenizer(token_cfg, max_length: int) -> tuple[ClipTokenizer, list[int]
     if token_cfg.num_vectors < 1:
         raise ConfigError(f"token.num_vectors={token_cfg.num_vectors} must be >= 1")
     tokenizer = ClipTokenizer(max_length=max_length, truncate=token_cfg.truncate_long_prompts)
-    tokenizer.add_placeholder(token_cfg.placeholder, token_cfg.num_vectors)
+    try:
+        tokenizer.add_placeholder(token_cfg.placeholder, token_cfg.num_vectors)
+    except ConfigError as e:
+        raise ConfigError(f"token.placeholder={token_cfg.placeholder}: {e}") from e
     return tokenizer, tokenizer.placeholder_ids(token_cfg.placeholder)
 
 
@@ -104,8 +107,11 @@ def validate(cfg) -> None:
         raise ConfigError(f"data.resolution={cfg.data.resolution} must be a multiple of the model's total downsampling")
 
 
-def train(cfg, run_dir: str | Path) -> dict:
-    """Run textual inversion as `cfg` (a TrainConfig) says; outputs go to `run_dir`. Returns the metrics."""
+def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict:
+    """Run textual inversion as `cfg` (a TrainConfig) says; outputs go to `run_dir`. Returns the metrics.
+
+    `extra_callbacks` are Keras callbacks added to the fit (e.g. to watch or stop a run).
+    """
     started = time.perf_counter()
     run_dir = Path(run_dir)
     validate(cfg)
@@ -189,6 +195,7 @@ def train(cfg, run_dir: str | Path) -> dict:
         cb.Every(start_micro, accumulation, cfg.trainer.checkpoint_every, save),
         cb.Every(start_micro, accumulation, cfg.eval.preview_every, preview),
         cb.LoggerCallback(start_micro, accumulation, logger, cfg.logger.log_every),
+        *(extra_callbacks or []),
     ]
     remaining = cfg.trainer.max_steps * accumulation - start_micro
     train_started = time.perf_counter()

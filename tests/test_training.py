@@ -1,0 +1,143 @@
+"""The trainer: what it changes, what it never changes, determinism and resume."""
+
+import keras
+import numpy as np
+import pytest
+
+from finetune.diffusion.schedule import NoiseSchedule
+from finetune.export.diffusers_format import load_diffusers_embedding
+from finetune.models import load_component
+from finetune.models.presets import get_preset
+from finetune.training.checkpoints import list_checkpoints
+from finetune.training.fine_tuner import StableDiffusionFineTuner
+from finetune.training.run import make_optimizer, train
+from finetune.training.schedules import WarmupDecay
+from tests.conftest import FAST, compose_train
+
+
+def snapshot(model):
+    return {w.path: np.array(keras.ops.convert_to_numpy(w)) for w in model.weights}
+
+
+def build_tuner(cfg, latent_hw: int, rng, num_variants=3, num_captions=2):
+    preset = get_preset(cfg.model.preset)
+    text_encoder = load_component(cfg.model, "text_encoder", num_placeholder_vectors=cfg.token.num_vectors)
+    text_encoder.token_embedding.set_learned_vectors(text_encoder.token_embedding.initial_vectors([320], 0))
+    unet = load_component(cfg.model, "unet")
+    c = preset.vae.latent_channels
+    moments = rng.standard_normal((num_variants, latent_hw, latent_hw, 2 * c)).astype("float32")
+    tokens = np.full((num_captions, preset.text_encoder.max_length), preset.end_id, "int32")
+    tokens[:, 0], tokens[:, 1], tokens[:, 2] = preset.start_id, 320, preset.text_encoder.vocab_size  # "a <token>"
+    tuner = StableDiffusionFineTuner(text_encoder, unet, moments, tokens, NoiseSchedule(), preset.vae.scaling_factor, seed=0)
+    tuner.compile(optimizer=make_optimizer(cfg.trainer))
+    return tuner, text_encoder, unet
+
+
+def batches(n, batch_size, num_variants=3, num_captions=2):
+    import tensorflow as tf
+
+    variant = np.arange(n * batch_size, dtype="int32").reshape(n, batch_size) % num_variants
+    caption = np.arange(n * batch_size, dtype="int32").reshape(n, batch_size) % num_captions
+    return tf.data.Dataset.from_tensor_slices({"variant": variant, "caption": caption})
+
+
+def check_only_vectors_change(cfg, latent_hw, rng, steps=2):
+    tuner, text_encoder, unet = build_tuner(cfg, latent_hw, rng)
+    before_text, before_unet = snapshot(text_encoder), snapshot(unet)
+    history = tuner.fit(batches(steps, cfg.trainer.batch_size), epochs=1, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    after_text, after_unet = snapshot(text_encoder), snapshot(unet)
+    changed = [k for k in before_text if not np.array_equal(before_text[k], after_text[k])]
+    assert changed == ["text_encoder/token_embedding/learned_vectors"]
+    assert all(np.array_equal(before_unet[k], after_unet[k]) for k in before_unet)
+    table = "text_encoder/token_embedding/table"
+    assert before_text[table].tobytes() == after_text[table].tobytes()  # bitwise
+    assert [v.path for v in tuner.trainable_variables] == ["text_encoder/token_embedding/learned_vectors"]
+    return tuner
+
+
+def test_only_learned_vectors_change_even_with_weight_decay(rng):
+    cfg = compose_train(*FAST, "trainer.weight_decay=0.5", "trainer.learning_rate=0.1")
+    check_only_vectors_change(cfg, latent_hw=8, rng=rng, steps=3)
+
+
+@pytest.mark.slow
+def test_sd_v1_two_steps_at_128px(rng, tmp_path):
+    from finetune.export.diffusers_format import save_diffusers_embedding
+
+    cfg = compose_train(*FAST, "model=sd_v1_random", "data.resolution=128", "trainer.batch_size=1", "trainer.weight_decay=0.01")
+    tuner = check_only_vectors_change(cfg, latent_hw=16, rng=rng, steps=2)
+    vectors = keras.ops.convert_to_numpy(tuner.learned_vectors)
+    assert vectors.shape == (1, 768)
+    path = save_diffusers_embedding(tmp_path / "learned_embeds.safetensors", "<concept>", vectors)
+    name, loaded, _ = load_diffusers_embedding(path)
+    assert name == "<concept>" and loaded.tobytes() == vectors.astype("float32").tobytes()
+
+
+def test_same_config_twice_gives_identical_vectors(tmp_path):
+    cfg = compose_train(*FAST, "trainer.max_steps=4", "trainer.lr_schedule=cosine", "trainer.warmup_steps=1")
+    train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b")
+    _, a, meta = load_diffusers_embedding(tmp_path / "a" / "learned_embeds.safetensors")
+    _, b, _ = load_diffusers_embedding(tmp_path / "b" / "learned_embeds.safetensors")
+    assert a.tobytes() == b.tobytes()
+    assert meta["steps"] == "4" and meta["preset"] == "tiny" and meta["initializer"] == "shape"
+    # and a different seed learns something else
+    train(compose_train(*FAST, "trainer.max_steps=4", "trainer.lr_schedule=cosine", "trainer.warmup_steps=1", "seed=1"),
+          tmp_path / "c")
+    _, c, _ = load_diffusers_embedding(tmp_path / "c" / "learned_embeds.safetensors")
+    assert not np.array_equal(a, c)
+
+
+class Kill(keras.callbacks.Callback):
+    """Stops the process's run abruptly after `after` batches, as a kill would."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.after = after
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.after:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, accumulation):
+    overrides = (*FAST, "trainer.max_steps=6", "trainer.checkpoint_every=2", "trainer.lr_schedule=linear",
+                 f"trainer.gradient_accumulation_steps={accumulation}", "trainer.weight_decay=0.01")
+    train(compose_train(*overrides), tmp_path / "full")
+    _, full, _ = load_diffusers_embedding(tmp_path / "full" / "learned_embeds.safetensors")
+
+    runs = tmp_path / "runs"
+    with pytest.raises(KeyboardInterrupt):
+        train(compose_train(*overrides), runs / "first", extra_callbacks=[Kill(after=5 * accumulation)])
+    assert [p.name for p in list_checkpoints(runs / "first")] == ["step-000002", "step-000004"]
+    assert not (runs / "first" / "learned_embeds.safetensors").exists()
+
+    metrics = train(compose_train(*overrides, "trainer.resume=auto"), runs / "second")
+    assert metrics["resumed_from_step"] == 4
+    _, resumed, _ = load_diffusers_embedding(runs / "second" / "learned_embeds.safetensors")
+    np.testing.assert_allclose(resumed, full, rtol=0, atol=1e-6)
+    assert resumed.tobytes() == full.tobytes()
+
+
+def test_resume_auto_ignores_checkpoints_of_other_configs(tmp_path):
+    runs = tmp_path / "runs"
+    train(compose_train(*FAST, "trainer.max_steps=2", "trainer.checkpoint_every=1", "seed=5"), runs / "other")
+    metrics = train(compose_train(*FAST, "trainer.max_steps=2", "trainer.resume=auto"), runs / "mine")
+    assert metrics["resumed_from_step"] == 0
+
+
+def test_lr_schedules():
+    const = WarmupDecay(1.0, total_steps=10, warmup_steps=2, kind="constant")
+    assert [round(float(const(s)), 4) for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
+    lin = WarmupDecay(1.0, total_steps=10, warmup_steps=0, kind="linear")
+    assert [round(float(lin(s)), 4) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
+    cos = WarmupDecay(2.0, total_steps=10, warmup_steps=0, kind="cosine")
+    assert [round(float(cos(s)), 4) for s in (0, 5, 10)] == [2.0, 1.0, 0.0]
+
+
+def test_scale_lr_multiplies_by_batch_and_accumulation():
+    cfg = compose_train(*FAST, "trainer.scale_lr=true", "trainer.batch_size=3", "trainer.gradient_accumulation_steps=2",
+                        "trainer.learning_rate=0.001")
+    assert make_optimizer(cfg.trainer).learning_rate.numpy() == pytest.approx(0.006)
