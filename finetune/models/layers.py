@@ -27,8 +27,40 @@ def conv(filters: int, kernel_size: int, name: str) -> layers.Conv2D:
     return layers.Conv2D(filters, kernel_size, padding="same", name=name)
 
 
+class GroupNorm(layers.GroupNormalization):
+    """keras' GroupNormalization (same weights, same result) computed ~2x faster on CPU for NHWC.
+
+    keras reduces a [B, H, W, G, C/G] view over its axes 1, 2 and 4, which TensorFlow's CPU
+    kernels do slowly. Here every reduction runs over the spatial axes only (a per-channel
+    sum, the fast kind), and the few per-channel sums are then added up per group: a
+    two-pass mean and variance, in float32 as keras does.
+    """
+
+    def call(self, inputs):
+        if len(inputs.shape) != 4 or self.axis not in (-1, 3):
+            return super().call(inputs)
+        channels = inputs.shape[-1]
+        per_group = channels // self.groups
+        x = ops.cast(inputs, "float32")
+        shape = ops.shape(x)
+        count = ops.cast(shape[1] * shape[2] * per_group, "float32")
+
+        def group_mean(per_channel_sum):  # [B, C] -> [B, 1, 1, C]: the mean of each channel's group
+            sums = ops.sum(ops.reshape(per_channel_sum, (-1, self.groups, per_group)), axis=-1) / count
+            return ops.repeat(sums, per_group, axis=-1)[:, None, None, :]
+
+        centered = x - group_mean(ops.sum(x, axis=(1, 2)))
+        inv = ops.rsqrt(group_mean(ops.sum(ops.square(centered), axis=(1, 2))) + self.epsilon)
+        if self.scale:
+            inv = inv * ops.cast(self.gamma, "float32")
+        out = centered * inv
+        if self.center:
+            out = out + ops.cast(self.beta, "float32")
+        return ops.cast(out, self.compute_dtype)
+
+
 def group_norm(groups: int, epsilon: float, name: str) -> layers.GroupNormalization:
-    return layers.GroupNormalization(groups=groups, epsilon=epsilon, name=name)
+    return GroupNorm(groups=groups, epsilon=epsilon, name=name)
 
 
 def timestep_embedding(timesteps, dim: int, max_period: float):

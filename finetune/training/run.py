@@ -201,7 +201,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     train_started = time.perf_counter()
     if remaining > 0:
         dataset = training_dataset(examples, cfg.trainer.batch_size, cfg.seed).skip(start_micro)
-        tuner.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=callbacks, verbose=0)
+        tuner.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=callbacks, verbose=0, shuffle=False)
     train_seconds = time.perf_counter() - train_started
 
     final = vectors()
