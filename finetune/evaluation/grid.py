@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from finetune.errors import FinetuneError
+from finetune.io import atomic_write
 
 MIN_CELL_SIZE = 256  # smaller images are upscaled (integer factor, NEAREST) to at least this
 LABEL_PADDING = 4  # pixels around the label text inside the white band
@@ -146,29 +145,7 @@ def make_grid(
 
 
 def save_png_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write `image` as PNG to `path` via a temp file in the same folder and os.replace.
-
-    Readers never see a half-written file; on failure the temp file is removed and a
-    FinetuneError naming the path is raised. The parent folder is created if needed.
-    """
-    path = Path(path)
-    tmp_name = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600 files; use the usual mode
-            image.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-    except OSError as e:
-        raise FinetuneError(f"cannot write image {path}: {e.strerror or e}; check the folder is writable") from e
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
-    return path
+    """Write `image` as PNG to `path` atomically (see finetune.io.atomic_write)."""
+    with atomic_write(path, "image") as f:
+        image.save(f, format="PNG")
+    return Path(path)

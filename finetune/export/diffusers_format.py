@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import safetensors.numpy
 
-from finetune.errors import DataError, FinetuneError, MissingFileError
+from finetune.errors import DataError, MissingFileError
+from finetune.io import write_bytes_atomic
 
 DEFAULT_FILENAME = "learned_embeds.safetensors"
 _HEADER_LEN_BYTES = 8
@@ -62,27 +62,7 @@ def save_diffusers_embedding(
 
     data = safetensors.numpy.save({placeholder: arr}, metadata=meta)
 
-    path = Path(path)
-    tmp_name = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600 files; use the usual mode
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-    except OSError as e:
-        raise FinetuneError(f"cannot write embedding {path}: {e.strerror or e}; check the folder is writable") from e
-    finally:
-        if tmp_name is not None:  # failed (or interrupted) before the rename
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
-    return path
+    return write_bytes_atomic(path, data, "embedding")
 
 
 def _read_header(path: Path, raw: bytes) -> dict:

@@ -25,8 +25,8 @@ How, for one uint8 image (resized to 64x64 first if it is another size):
    direction: striped), and, for dots versus checks, its skewness (a few dark dots on
    the bright fill: negative; checks: symmetric) plus the dark fraction, from the mean
    brightness sum(m) / sum(a), which blur does not change (dots ~22%, checks 50%).
-   Thresholds were set on renders that were blurred (sigma up to 2), resized (2x),
-   warped, color-shifted and noised (see `degrade.py`).
+   Thresholds were set on renders that were blurred (sigma up to 2), resized (2x and
+   4x down and up), warped, color-shifted and noised (see `degrade.py`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ QUIET_DISTANCE = 10.0  # RGB distance below which a pixel counts as background (
 FIT_SLACK = 0.15  # a color fit may overshoot its ranges by this much unpenalized (color casts)
 CORE_ALPHA = 0.75  # least coverage a color's fit may claim in the eroded interior
 PLAIN_REL_STD = 0.02  # relative brightness spread below which a fill is plain
-STRIPED_COHERENCE = 0.75  # gradient coherence above which a pattern is striped
+STRIPED_COHERENCE = 0.8  # gradient coherence above which a pattern is striped
 
 _BG = np.array([BACKGROUND_RGB[n] for n in BACKGROUNDS], np.float32)
 _COLOR = {name: np.asarray(rgb, np.float64) for name, rgb in COLOR_RGB.items()}
@@ -242,7 +242,7 @@ def _pattern(f: Mapping[str, float]) -> str:
         return "striped"
     # Dots: a few dark spots on the bright fill (negative skew, ~22% dark); checks:
     # symmetric, half dark. A generated image's brightness may be off, so both count.
-    z = (f["skew"] + 0.3) + 1.5 * (f["dark"] - 0.4)
+    z = (f["skew"] + 0.4) + 1.5 * (f["dark"] - 0.4)
     return "dotted" if z < 0 else "checkered"
 
 

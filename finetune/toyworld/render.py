@@ -17,8 +17,9 @@ Geometry, in pixels of a 64x64 image (other sizes scale everything):
   * its centroid sits at x = 32 + offset (left/right: -/+14 px small, -/+9 px large) plus
     +-1.5 px jitter, y = 32 +- 2 px,
   * rotation is uniform in [-15, 15] degrees; patterns turn with the shape,
-  * patterns have a 10 px period in the shape's frame, anchored at its centroid:
-    45-degree stripes (half dark), dots of radius 2.6 px on a square lattice, 5 px checks.
+  * patterns live in the shape's frame, anchored at its centroid: 45-degree stripes
+    with a 10 px period (half dark), dots of radius 2.6 px on a 10 px square lattice
+    (~21% dark), 6 px checks (half dark).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ XY_JITTER = (1.5, 2.0)
 MAX_ROTATION = 15.0  # degrees
 PATTERN_PERIOD = 10.0
 DOT_RADIUS = 2.6
+CHECK_SIZE = 6.0
 _CIRCLE_POINTS = 64
 
 
@@ -251,7 +253,7 @@ def pattern_darkness(pattern: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         dv = (v % p) - p / 2
         return du * du + dv * dv < DOT_RADIUS**2
     if pattern == "checkered":
-        return ((np.floor(u * (2 / p)) + np.floor(v * (2 / p))) % 2) == 1
+        return ((np.floor(u * (1 / CHECK_SIZE)) + np.floor(v * (1 / CHECK_SIZE))) % 2) == 1
     raise ValueError(f"unknown pattern {pattern!r}")
 
 
