@@ -45,4 +45,4 @@ def attribute_score(measured: list[dict], target: dict) -> float:
 
 
 def per_attribute_accuracy(measured: list[dict], target: dict) -> dict[str, float]:
-    return {k: float(np.mean([m.get(k) == v for m in measured])) if measured else 0.0 for k in target}
+    return {k: float(np.mean([m.get(k) == v for m in measured])) if measured else 0.0 for k, v in target.items()}
