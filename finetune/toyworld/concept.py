@@ -1,0 +1,26 @@
+"""The bundled toy-world concept: one fixed combination of attributes, including a never-named one.
+
+Only textual inversion can reach the checkered pattern: no caption of the toy world ever
+names it, so the pretrained model has no word for it.
+"""
+
+from __future__ import annotations
+
+from finetune.toyworld.render import Scene
+
+NAME = "orange-checkered-heart"
+ATTRIBUTES = {
+    "shape": "heart",
+    "color": "orange",
+    "size": "large",
+    "position": "center",
+    "background": "blue",
+    "pattern": "checkered",  # never named in any caption
+}
+# What a text prompt can say about it (the "oracle" prompt of the quality benchmark).
+ORACLE_PROMPT = "a large orange heart on a blue background"
+
+
+def concept_scenes(count: int = 5, seed: int = 0) -> list[Scene]:
+    """`count` renders of the concept, varying only in the small per-scene jitter, rotation and scale."""
+    return [Scene(**ATTRIBUTES, seed=seed * 1000 + i) for i in range(count)]
