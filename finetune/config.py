@@ -98,6 +98,15 @@ class LoggerConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Embedding files written at the end of a run (finetune/export/formats.py). `diffusers`
+    is run_dir/learned_embeds.safetensors (always written); the others go to run_dir/export/<format>/."""
+
+    formats: list[str] = field(default_factory=lambda: ["diffusers"])  # diffusers | a1111_pt | a1111_safetensors | kohya
+    allow_pickle: bool = False  # read .pt/.bin pickles (only with torch.load(weights_only=True))
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -105,6 +114,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     seed: int = 0
     name: str = "default"
     verbose: bool = False
@@ -115,7 +125,8 @@ class EvaluateConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     token: TokenConfig = field(default_factory=TokenConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    embedding: str = MISSING  # path to a learned_embeds.safetensors
+    embedding: str = MISSING  # path to an embedding file of any format in finetune/export/formats.py
+    allow_pickle: bool = False  # read a .pt/.bin embedding (only with torch.load(weights_only=True))
     resolution: int = 64
     name: str = "evaluate"
     verbose: bool = False

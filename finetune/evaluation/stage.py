@@ -37,15 +37,17 @@ def render_eval_prompts(renderer: PromptRenderer, eval_cfg, placeholder: str, ou
 
 
 def evaluate_embedding(cfg, run_dir: str | Path) -> Path:
-    """Load `cfg.embedding` (diffusers format) into the model and render `cfg.eval` prompts to run_dir/samples."""
-    from finetune.export.diffusers_format import load_diffusers_embedding
+    """Load `cfg.embedding` (any format of finetune.export.formats; pickles only with
+    cfg.allow_pickle) into the model and render `cfg.eval` prompts to run_dir/samples."""
+    from finetune.export.formats import load_any
     from finetune.io import write_json_atomic
     from finetune.models import load_component
     from finetune.models.weights import require_weight_files
     from finetune.training.run import make_tokenizer
 
     require_weight_files(cfg.model, ["text_encoder", "unet", "vae_decoder"])
-    placeholder, vectors, metadata = load_diffusers_embedding(cfg.embedding)
+    embedding = load_any(cfg.embedding, allow_pickle=cfg.allow_pickle, opt_in="allow_pickle=true")
+    placeholder, vectors, metadata = embedding.name, embedding.vectors, embedding.metadata
     token_cfg = type(cfg.token)(**{**vars(cfg.token), "placeholder": placeholder, "num_vectors": len(vectors)})
     text_encoder = load_component(cfg.model, "text_encoder", num_placeholder_vectors=len(vectors))
     if vectors.shape[1] != text_encoder.spec.width:
@@ -64,5 +66,6 @@ def evaluate_embedding(cfg, run_dir: str | Path) -> Path:
     out_dir = Path(run_dir) / "samples"
     render_eval_prompts(renderer, cfg.eval, placeholder, out_dir)
     write_json_atomic(Path(run_dir) / "metrics.json", {"embedding": str(cfg.embedding), "embedding_metadata": metadata,
-                                                       "placeholder": placeholder, "num_vectors": len(vectors)})
+                                                       "placeholder": placeholder, "num_vectors": len(vectors),
+                                                       "embedding_format": embedding.format})
     return out_dir / "grid.png"

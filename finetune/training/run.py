@@ -27,6 +27,7 @@ from finetune.evaluation.grid import make_grid, save_png_atomic
 from finetune.evaluation.render import PromptRenderer, expand_prompt
 from finetune.evaluation.stage import render_eval_prompts, sampler_settings
 from finetune.export.diffusers_format import DEFAULT_FILENAME, save_diffusers_embedding
+from finetune.export.formats import check_formats, export_embedding
 from finetune.io import write_json_atomic
 from finetune.models import load_component
 from finetune.models.presets import get_preset
@@ -115,6 +116,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     started = time.perf_counter()
     run_dir = Path(run_dir)
     validate(cfg)
+    check_formats(cfg.export.formats, cfg.token.placeholder)  # before hours of training, not after
     preset = get_preset(cfg.model.preset)
     needed = ["text_encoder", "unet", "vae_encoder"] + (["vae_decoder"] if cfg.eval.enabled else [])
     require_weight_files(cfg.model, needed)
@@ -209,6 +211,8 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         raise ConfigError("training diverged (learned vectors are not finite); lower trainer.learning_rate")
     save_diffusers_embedding(run_dir / DEFAULT_FILENAME, cfg.token.placeholder, final,
                              {**metadata, "steps": str(cfg.trainer.max_steps)})
+    export_embedding(run_dir / "export", cfg.token.placeholder, final, {**metadata, "steps": str(cfg.trainer.max_steps)},
+                     [f for f in cfg.export.formats if f != "diffusers"])  # diffusers: the file above
 
     sampling = None
     if renderer is not None and cfg.eval.prompts:
