@@ -9,10 +9,22 @@ starts, with the key named (see `finetune.cli`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+
+
+def finetune_asset(relative: str) -> str:
+    """Absolute path of a file shipped in the package's assets folder.
+
+    Configs use it as `${finetune_asset:tiny/unet.safetensors}`, so a config finds the
+    bundled weights wherever the package is installed and whatever the working directory.
+    """
+    return str(ASSETS_DIR / relative)
 
 
 @dataclass
@@ -133,6 +145,8 @@ class EvaluateConfig:
 
 
 def register_schemas() -> None:
+    if not OmegaConf.has_resolver("finetune_asset"):
+        OmegaConf.register_new_resolver("finetune_asset", finetune_asset)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from finetune.export.diffusers_format import load_diffusers_embedding, save_diffusers_embedding
+from finetune.models.presets import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # seconds per command; a normal tiny run takes ~30 s
@@ -189,7 +190,7 @@ def test_train_then_evaluate(tmp_path):
     embeds = run_dir / "learned_embeds.safetensors"
     placeholder, vectors, metadata = load_diffusers_embedding(embeds)
     assert placeholder == "<concept>"
-    assert vectors.shape == (1, 32)  # num_vectors x the tiny preset's text width
+    assert vectors.shape == (1, TINY.text_encoder.width)  # num_vectors x the tiny preset's text width
     assert np.all(np.isfinite(vectors))
     assert metadata.get("steps") == "2"
 

@@ -2,7 +2,8 @@
 
 A preset names the widths, depths, heads and constants of the four components. The
 model code in this package reads nothing else, so `sd_v1` (keras-cv's shapes, which are
-the CompVis SD v1.x shapes) and the `tiny` test preset share every line of code.
+the CompVis SD v1.x shapes) and `tiny` (the miniature model the project pretrains on its
+toy world) share every line of code.
 """
 
 from __future__ import annotations
@@ -91,19 +92,26 @@ class Preset:
 
 SD_V1 = Preset(name="sd_v1")
 
-# A few-MB model with the same code paths: 2 UNet levels, 2 text layers, narrow VAE.
+# The project's own miniature SD v1, pretrained on the toy world (scripts/pretrain_tiny.py) at
+# 64x64: the same code paths, a VAE with downsampling factor 8 and 4 latent channels (8x8x4
+# latents), a 64-wide CLIP text tower (the real CLIP tokenizer, so the token table is
+# 49408 x 64) and a 3-level UNet with cross-attention on its two low-resolution levels.
+# The VAE's per-channel latent normalization is folded into its weights after training
+# (finetune.pretraining.vae.fold_latent_normalization), so its latents are ~N(0, 1) per
+# channel and need no extra scale. The VAE uses 2 norm groups: with as many groups as its
+# 8 full-resolution channels, GroupNorm would erase every image's mean color there.
 TINY = Preset(
     name="tiny",
-    text_encoder=TextEncoderSpec(width=32, num_layers=2, num_heads=2),
+    text_encoder=TextEncoderSpec(width=64, num_layers=3, num_heads=4),
     unet=UNetSpec(
-        block_channels=(32, 64),
-        attention=(True, True),
+        block_channels=(64, 128, 128),
+        attention=(False, True, True),
         layers_per_block=1,
-        num_heads=2,
-        context_dim=32,
-        norm_groups=8,
+        num_heads=4,
+        context_dim=64,
+        norm_groups=32,
     ),
-    vae=VAESpec(block_channels=(16, 32, 32, 32), layers_per_block=1, norm_groups=8),
+    vae=VAESpec(block_channels=(16, 32, 64, 64), layers_per_block=1, norm_groups=2, scaling_factor=1.0),
     resolution=64,
 )
 
