@@ -22,6 +22,7 @@ from finetune.models.presets import Preset
 from finetune.models.text_encoder import TextEncoder
 from finetune.pretraining.common import (
     batch_indices,
+    data_fingerprint,
     make_optimizer,
     resume_point,
     run_steps,
@@ -118,7 +119,7 @@ def train_clip(
     """
     settings = {k: v for k, v in locals().items() if k not in ("images", "scenes", "stage_dir", "progress", "preset",
                                                                  "checkpoint_every", "keep_checkpoints")}
-    settings.update(preset=preset.name, text_encoder=repr(preset.text_encoder), pool=len(images))
+    settings.update(preset=preset.name, text_encoder=repr(preset.text_encoder), data=data_fingerprint(images))
     resume_point(Path(stage_dir), settings, steps, "clip")  # a settings mismatch fails before any work
     spec = get_clip_image_spec(preset.name)
     keras.utils.set_random_seed(init_seed)

@@ -113,6 +113,18 @@ class EMA:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def data_fingerprint(array_or_items) -> str:
+    """A short hash of a stage's training data (an array, or a list of items with stable reprs)."""
+    h = hashlib.sha1()
+    if isinstance(array_or_items, np.ndarray):
+        h.update(str(array_or_items.shape).encode())
+        h.update(np.ascontiguousarray(array_or_items).data)
+    else:
+        for item in array_or_items:
+            h.update(repr(item).encode())
+    return h.hexdigest()[:16]
+
+
 def fingerprint(settings: dict) -> str:
     blob = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

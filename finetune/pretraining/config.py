@@ -38,7 +38,7 @@ class VAEStageConfig:
 
 @dataclass
 class ClipStageConfig:
-    steps: int = 600
+    steps: int = 800
     batch_size: int = 128
     learning_rate: float = 1e-3
     warmup_steps: int = 50
@@ -50,7 +50,7 @@ class ClipStageConfig:
 
 @dataclass
 class UNetStageConfig:
-    steps: int = 3000
+    steps: int = 3500
     batch_size: int = 128
     learning_rate: float = 5e-4
     warmup_steps: int = 200
@@ -58,6 +58,7 @@ class UNetStageConfig:
     grad_clip: Optional[float] = 1.0
     ema_decay: float = 0.998
     caption_dropout: float = 0.1
+    min_snr_gamma: Optional[float] = 5.0  # Min-SNR loss weighting; null: plain MSE
     text_learning_rate: float = 0.0  # 0: the CLIP stage's text encoder stays frozen
     checkpoint_every: int = 250
     keep_checkpoints: int = 2

@@ -8,6 +8,11 @@ caption with probability `caption_dropout` (what classifier-free guidance needs)
 AdamW with warmup + cosine decay and global-norm clipping; an EMA of the UNet weights
 (decay `ema_decay`, warmed up) is what the stage returns.
 
+With `min_snr_gamma`, each sample's squared error is weighted by min(SNR(t), gamma) / SNR(t)
+(Min-SNR weighting, Hang et al. 2023, for epsilon prediction): the low-noise timesteps,
+whose conflicting fine-detail gradients slow training down, count less; the prediction
+target stays the noise. None trains with the plain mean squared error.
+
 The text encoder from the CLIP stage is frozen by default (`text_learning_rate=0`); with
 a positive rate it is trained jointly by its own AdamW (warmup + cosine as well).
 """
@@ -26,6 +31,7 @@ from finetune.models.unet import UNet
 from finetune.pretraining.common import (
     EMA,
     batch_indices,
+    data_fingerprint,
     make_optimizer,
     resume_point,
     run_steps,
@@ -71,6 +77,7 @@ def train_unet(
     grad_clip: float | None = 1.0,
     ema_decay: float = 0.998,
     caption_dropout: float = 0.1,
+    min_snr_gamma: float | None = 5.0,
     text_learning_rate: float = 0.0,
     seed: int = 0,
     init_seed: int = 0,
@@ -85,7 +92,7 @@ def train_unet(
     settings = {k: v for k, v in locals().items() if k not in ("moments", "scenes", "text_encoder", "stage_dir",
                                                                  "progress", "preset", "checkpoint_every",
                                                                  "keep_checkpoints")}
-    settings.update(preset=preset.name, unet=repr(preset.unet), pool=len(moments))
+    settings.update(preset=preset.name, unet=repr(preset.unet), data=data_fingerprint(scenes), pool=len(moments))
     resume_point(Path(stage_dir), settings, steps, "unet")  # a settings mismatch fails before any work
     schedule = NoiseSchedule()
     tokenizer = ClipTokenizer(max_length=preset.text_encoder.max_length, pad_id=preset.pad_id)
@@ -105,6 +112,10 @@ def train_unet(
         text_optimizer.build(text_vars)
         groups.update(text_encoder=text_encoder.weights, text_optimizer=text_optimizer.variables)
 
+    snr = schedule.alphas_cumprod / (1.0 - schedule.alphas_cumprod)
+    weights = np.minimum(snr, min_snr_gamma) / snr if min_snr_gamma else np.ones_like(snr)
+    loss_weights = tf.constant(weights, tf.float32)
+
     @tf.function
     def train_step(noisy, timesteps, noise, ids, step):
         with tf.GradientTape() as tape:
@@ -113,7 +124,8 @@ def train_unet(
             context = text_encoder(ids)
             if not joint:
                 context = tf.stop_gradient(context)
-            loss = tf.reduce_mean(tf.square(unet(noisy, timesteps, context) - noise))
+            per_sample = tf.reduce_mean(tf.square(unet(noisy, timesteps, context) - noise), axis=(1, 2, 3))
+            loss = tf.reduce_mean(tf.gather(loss_weights, timesteps) * per_sample)
         if joint:
             grads = watched_gradients(tape, loss, unet_vars + text_vars)
             optimizer.apply_gradients(zip(grads[: len(unet_vars)], unet_vars))

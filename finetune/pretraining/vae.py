@@ -29,6 +29,7 @@ from finetune.models.presets import Preset
 from finetune.models.vae import VAEDecoder, VAEEncoder
 from finetune.pretraining.common import (
     batch_indices,
+    data_fingerprint,
     make_optimizer,
     resume_point,
     run_steps,
@@ -139,7 +140,7 @@ def train_vae(
     """
     settings = {k: v for k, v in locals().items() if k not in ("images", "stage_dir", "progress", "preset",
                                                                  "checkpoint_every", "keep_checkpoints")}
-    settings.update(preset=preset.name, vae=repr(preset.vae), pool=len(images))
+    settings.update(preset=preset.name, vae=repr(preset.vae), data=data_fingerprint(images))
     resume_point(Path(stage_dir), settings, steps, "vae")  # a settings mismatch fails before any work
     keras.utils.set_random_seed(init_seed)
     encoder, decoder = VAEEncoder(preset.vae), VAEDecoder(preset.vae)
