@@ -22,7 +22,7 @@ def quiet_frameworks(verbose: bool) -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore")
-    for name in ("tensorflow", "absl", "h5py", "tensorflow_datasets", "jax", "wandb"):
+    for name in ("tensorflow", "absl", "h5py", "tensorflow_datasets", "jax", "wandb", "matplotlib"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import tensorflow_datasets as tfds
 

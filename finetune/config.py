@@ -16,6 +16,25 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def compose_config(config_name: str = "train", overrides: list[str] | tuple[str, ...] = ()):
+    """The typed config that `python -m finetune.<config_name> <overrides>` would run with (no run folder made)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    register_schemas()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        OmegaConf.resolve(cfg)
+        return OmegaConf.to_object(cfg)
 
 
 def finetune_asset(relative: str) -> str:
@@ -38,14 +57,31 @@ class ModelWeights:
 
 
 @dataclass
+class JudgeConfig:
+    """The CLIP that scores generated images (CLIP-I / CLIP-T): a text encoder of the model's
+    preset and a `ClipImageModel` file (finetune/models/clip_image.py). Null: no CLIP metrics."""
+
+    text_encoder: Optional[str] = None
+    clip_image: Optional[str] = None
+
+
+@dataclass
 class ModelConfig:
-    preset: str = "tiny"
+    preset: str = "tiny"  # a preset name, or a path (preset.json, converted folder, checkpoint)
     weights: ModelWeights = field(default_factory=ModelWeights)
+    # A diffusers SD v1 folder, a CompVis single file (.safetensors) or a folder written by
+    # `python -m finetune.convert`; when set, every component is read (converted) from it
+    # instead of model.weights (configs/model/diffusers.yaml).
+    checkpoint: Optional[str] = None
     # A component without a weight file starts from seeded random weights only when this is true.
     allow_random_weights: bool = False
     init_seed: int = 0
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    # Store the frozen weights in the compute dtype of a mixed precision (bfloat16 | float16; null: as
+    # `precision` stores them). The learned vectors and the optimizer state stay float32.
+    frozen_dtype: Optional[str] = None
     jit_compile: bool = False
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass
@@ -86,6 +122,9 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     resume: Optional[str] = None  # null | auto | path to a checkpoint or run folder
     encode_batch_size: int = 8
+    # tf.distribute: default | mirrored | multi_worker_mirrored; batch_size is the global batch,
+    # split over the replicas (finetune/training/distribute.py).
+    strategy: str = "default"
 
 
 @dataclass
@@ -99,14 +138,18 @@ class EvalConfig:
     seed: int = 0
     preview_every: int = 0  # render eval.prompts[0] every N steps (0: never)
     enabled: bool = True
+    # Concept images that CLIP-I compares with (training: null = data.concept_dir; a concept.json there
+    # with toyworld_attributes adds the attribute score).
+    reference_dir: Optional[str] = None
 
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # none | wandb
+    name: str = "none"  # none | wandb | tensorboard (finetune/tracking/)
     project: str = "textual-inversion"
-    mode: str = "offline"  # wandb: online | offline | disabled
+    mode: str = "offline"  # wandb: online | offline | disabled (configs/logger/wandb.yaml: $WANDB_MODE, else offline)
     log_every: int = 10
+    init_timeout: float = 30.0  # wandb: seconds an online start may take before the run falls back to offline
 
 
 @dataclass

@@ -12,7 +12,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from finetune.toyworld.concept import NAME, concept_scenes
+from finetune.evaluation.scores import CONCEPT_FILE
+from finetune.io import write_json_atomic
+from finetune.toyworld.attributes import NEVER_NAMED
+from finetune.toyworld.concept import ATTRIBUTES, NAME, ORACLE_PROMPT, concept_scenes
 from finetune.toyworld.render import render
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "concepts" / NAME
@@ -27,7 +30,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for i, scene in enumerate(concept_scenes(args.count, args.seed)):
         Image.fromarray(render(scene)).save(args.out / f"{NAME}-{i:02d}.png")
-    print(f"wrote {args.count} images to {args.out}")
+    # What the evaluation stage measures generated images against (finetune/evaluation/scores.py).
+    write_json_atomic(args.out / CONCEPT_FILE, {
+        "name": NAME,
+        "toyworld_attributes": ATTRIBUTES,
+        "never_named": sorted(a for a, v in ATTRIBUTES.items() if v in NEVER_NAMED.get(a, ())),
+        "oracle_prompt": ORACLE_PROMPT,
+    })
+    print(f"wrote {args.count} images and {CONCEPT_FILE} to {args.out}")
 
 
 if __name__ == "__main__":

@@ -28,3 +28,11 @@ def test_script_regenerates_the_bundled_images_exactly(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_concept.py"), "--out", str(tmp_path)], check=True)
     for f in sorted(CONCEPT.glob("*.png")):
         assert np.array_equal(np.array(Image.open(f)), np.array(Image.open(tmp_path / f.name))), f.name
+    assert (tmp_path / "concept.json").read_text() == (CONCEPT / "concept.json").read_text()
+
+
+def test_concept_json_names_the_attributes_the_evaluation_measures():
+    from finetune.evaluation.scores import concept_attributes
+
+    assert concept_attributes(CONCEPT) == ATTRIBUTES
+    assert concept_attributes(ROOT / "tests") is None  # no concept.json: no attribute score

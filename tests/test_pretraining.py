@@ -22,7 +22,8 @@ from finetune.models.text_encoder import TextEncoder
 from finetune.models.vae import VAEDecoder, VAEEncoder
 from finetune.pretraining import pipeline
 from finetune.pretraining.clip import named_values, positives, train_clip
-from finetune.pretraining.common import batch_indices, list_checkpoints
+from finetune.pretraining.common import batch_indices
+from finetune.training.checkpoints import list_checkpoints
 from finetune.pretraining.config import PoolConfig, PretrainConfig, PretrainEvalConfig
 from finetune.pretraining.unet import encode_pool, train_unet
 from finetune.pretraining.vae import fold_latent_normalization, train_vae
@@ -238,12 +239,13 @@ def test_pretrain_config_composes():
     GlobalHydra.instance().clear()
 
 
-def test_tiny_pretrained_model_config_points_at_the_package_assets():
+def test_default_tiny_model_config_points_at_the_package_assets():
     from finetune.config import ASSETS_DIR
     from tests.conftest import FAST, compose_train
 
-    cfg = compose_train(*FAST[1:], "model=tiny_pretrained")
+    cfg = compose_train(*FAST[1:])
     assert cfg.model.preset == "tiny" and not cfg.model.allow_random_weights
     for name in pipeline.STAGE_FILES["vae"] + ("text_encoder", "unet"):
         assert getattr(cfg.model.weights, name) == str(ASSETS_DIR / "tiny" / f"{name}.safetensors")
+    assert cfg.model.judge.clip_image == str(ASSETS_DIR / "tiny" / "clip_image.safetensors")
     assert pipeline.default_export_dir("tiny") == ASSETS_DIR / "tiny"

@@ -12,7 +12,7 @@ from finetune.training.checkpoints import list_checkpoints
 from finetune.training.fine_tuner import StableDiffusionFineTuner
 from finetune.training.run import make_optimizer, train
 from finetune.training.schedules import WarmupDecay
-from tests.conftest import CONCEPT, FAST, compose_train
+from tests.conftest import FAST, compose_train
 
 
 def snapshot(model):
@@ -141,20 +141,6 @@ def test_scale_lr_multiplies_by_batch_and_accumulation():
     cfg = compose_train(*FAST, "trainer.scale_lr=true", "trainer.batch_size=3", "trainer.gradient_accumulation_steps=2",
                         "trainer.learning_rate=0.001")
     assert make_optimizer(cfg.trainer).learning_rate.numpy() == pytest.approx(0.006)
-
-
-def test_wandb_offline_logs_previews_and_loss(tmp_path):
-    cfg = compose_train(
-        "model=tiny", f"data.concept_dir={CONCEPT}", "trainer.batch_size=1", "trainer.max_steps=4",
-        "trainer.checkpoint_every=0", "logger=wandb", "logger.log_every=1", "eval.preview_every=2",
-        "eval.num_steps=2", "eval.images_per_prompt=1", "eval.prompts=['a photo of {}']",
-    )
-    metrics = train(cfg, tmp_path)
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    assert len(list(runs[0].glob("run-*.wandb"))) == 1
-    assert len(list((runs[0] / "files" / "media" / "images").glob("previews_*.png"))) == 2
-    assert len(metrics["loss_history"]["loss"]) == 4
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16"])

@@ -36,6 +36,8 @@ from finetune.data.images import find_images, load_image
 from finetune.data.templates import make_caption, read_sidecar, sidecar_path, template_problem
 from finetune.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+
 DATASET_VERSION = "1.0.0"
 SPLIT = "train"
 
@@ -281,11 +283,15 @@ def prepare_concept(
         return builder
     for path in find_images(concept_dir):  # decodes every image: DataError naming a corrupt file
         read_sidecar(path)  # DataError naming an unreadable caption file
+    # tfds print()s two lines about "downloading"; show them only when tfds logs INFO (verbose=true).
+    quiet = logging.getLogger("tensorflow_datasets").getEffectiveLevel() > logging.INFO
+    log.info("preparing the dataset of %s in %s", concept_dir, builder.data_dir)
     try:
-        builder.download_and_prepare(
-            download_dir=data_dir / "downloads",
-            download_config=download_config(),
-        )
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            builder.download_and_prepare(
+                download_dir=data_dir / "downloads",
+                download_config=download_config(),
+            )
     except OSError:
         # Another process may have finished the same dataset first (its rename won).
         if not _is_prepared(builder):

@@ -15,6 +15,7 @@ from finetune.io import atomic_write
 MIN_CELL_SIZE = 256  # smaller images are upscaled (integer factor, NEAREST) to at least this
 LABEL_PADDING = 4  # pixels around the label text inside the white band
 LABEL_FONT_SIZE = 14
+TITLE_FONT_SIZE = 18
 CELL_GAP = 4  # white pixels between neighbouring cells (none at the outer edges)
 BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (0, 0, 0)
@@ -27,15 +28,20 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.rint((x + 1.0) * 127.5).astype(np.uint8)
 
 
-def _load_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def _load_font(size: int = LABEL_FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
-        return ImageFont.load_default(size=LABEL_FONT_SIZE)  # Pillow >= 10.1: scalable built-in font
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable built-in font
     except TypeError:  # pragma: no cover - older Pillow
         return ImageFont.load_default()
 
 
 def _text_width(font, text: str) -> float:
     return font.getlength(text) if hasattr(font, "getlength") else font.getbbox(text)[2]
+
+
+def _line_height(font) -> int:
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (getattr(font, "size", LABEL_FONT_SIZE), 0)
+    return ascent + descent + 2
 
 
 def _wrap(text: str, font, max_width: int) -> list[str]:
@@ -122,8 +128,7 @@ def make_grid(
     font = _load_font()
     text_width = max(1, cell_size - 2 * LABEL_PADDING)
     wrapped = [_wrap(label, font, text_width) for label in labels]
-    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (LABEL_FONT_SIZE, 0)
-    line_height = ascent + descent + 2
+    line_height = _line_height(font)
     max_lines = max(len(lines) for lines in wrapped)
     band = max_lines * line_height + 2 * LABEL_PADDING
     cell_h = cell_size + band
@@ -149,3 +154,17 @@ def save_png_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
     with atomic_write(path, "image") as f:
         image.save(f, format="PNG")
     return Path(path)
+
+
+def with_title(image: Image.Image, title: str) -> Image.Image:
+    """`image` under a white band holding `title` (wrapped to the image's width)."""
+    font = _load_font(TITLE_FONT_SIZE)
+    lines = _wrap(title, font, max(1, image.width - 2 * LABEL_PADDING))
+    line_height = _line_height(font)
+    band = len(lines) * line_height + 2 * LABEL_PADDING
+    titled = Image.new("RGB", (image.width, image.height + band), BACKGROUND)
+    draw = ImageDraw.Draw(titled)
+    for i, line in enumerate(lines):
+        draw.text((LABEL_PADDING, LABEL_PADDING + i * line_height), line, fill=TEXT_COLOR, font=font)
+    titled.paste(image.convert("RGB"), (0, band))
+    return titled

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from finetune.evaluation.grid import make_grid, save_png_atomic
@@ -36,6 +37,37 @@ def render_eval_prompts(renderer: PromptRenderer, eval_cfg, placeholder: str, ou
     return rendered
 
 
+def reference_images(concept_dir: str | Path, resolution: int) -> np.ndarray:
+    """The concept's images, center-cropped and resized to `resolution` (uint8): CLIP-I's reference set."""
+    from finetune.data.images import find_images, load_image
+
+    out = []
+    for path in find_images(concept_dir):
+        image = Image.fromarray(load_image(path))
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BICUBIC)
+        out.append(np.asarray(image))
+    return np.stack(out)
+
+
+def score_rendered(rendered: list[RenderedImage], placeholder: str, model_cfg, concept_dir, resolution: int) -> dict | None:
+    """CLIP-I / CLIP-T (with `model.judge`) and the toy-world attribute score (with a concept.json), per prompt.
+
+    None when there is neither a judge nor a concept to compare with.
+    """
+    from finetune.evaluation.judge import load_judge
+    from finetune.evaluation.scores import concept_attributes, score_by_prompt
+
+    judge = load_judge(model_cfg)
+    target = concept_attributes(concept_dir)
+    if judge is None and target is None:
+        return None
+    reference = reference_images(concept_dir, resolution) if concept_dir and judge is not None else None
+    return score_by_prompt(np.stack([r.image for r in rendered]), [r.prompt for r in rendered], placeholder,
+                           judge=judge, reference=reference, target=target)
+
+
 def evaluate_embedding(cfg, run_dir: str | Path) -> Path:
     """Load `cfg.embedding` (any format of finetune.export.formats; pickles only with
     cfg.allow_pickle) into the model and render `cfg.eval` prompts to run_dir/samples."""
@@ -64,8 +96,9 @@ def evaluate_embedding(cfg, run_dir: str | Path) -> Path:
         cfg.resolution, cfg.model.jit_compile,
     )
     out_dir = Path(run_dir) / "samples"
-    render_eval_prompts(renderer, cfg.eval, placeholder, out_dir)
+    rendered = render_eval_prompts(renderer, cfg.eval, placeholder, out_dir)
+    quality = score_rendered(rendered, placeholder, cfg.model, cfg.eval.reference_dir, cfg.resolution)
     write_json_atomic(Path(run_dir) / "metrics.json", {"embedding": str(cfg.embedding), "embedding_metadata": metadata,
                                                        "placeholder": placeholder, "num_vectors": len(vectors),
-                                                       "embedding_format": embedding.format})
+                                                       "embedding_format": embedding.format, "quality": quality})
     return out_dir / "grid.png"

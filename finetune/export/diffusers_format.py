@@ -32,6 +32,7 @@ _HEADER_LEN_BYTES = 8
 _MAX_HEADER_BYTES = 100_000_000
 # safetensors dtype name -> (numpy dtype or None for bfloat16, bytes per element)
 _FLOAT_DTYPES = {"F16": ("<f2", 2), "BF16": (None, 2), "F32": ("<f4", 4), "F64": ("<f8", 8)}
+REEXPORT_HINT = "re-export the embedding"
 
 
 # ----------------------------------------------------------------------------- writing
@@ -93,15 +94,17 @@ def save_diffusers_embedding(
 # ----------------------------------------------------------------------------- reading
 
 
-def _corrupt(path: Path, reason: str) -> DataError:
-    return DataError(f"{path} is truncated or corrupt ({reason}); re-export the embedding")
+def _corrupt(path: Path, reason: str, hint: str = REEXPORT_HINT) -> DataError:
+    return DataError(f"{path} is truncated or corrupt ({reason}); {hint}")
 
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def read_safetensors_header(path: Path, f, file_size: int) -> tuple[dict[str, tuple[str, list[int], int, int]], dict[str, str], int]:
+def read_safetensors_header(
+    path: Path, f, file_size: int, dtypes: dict | None = None, hint: str = REEXPORT_HINT
+) -> tuple[dict[str, tuple[str, list[int], int, int]], dict[str, str], int]:
     """Read and validate the header of the open safetensors file `f` (positioned at 0).
 
     Returns ({name: (dtype, shape, begin, end)}, metadata, data_start). Every check that
@@ -109,61 +112,62 @@ def read_safetensors_header(path: Path, f, file_size: int) -> tuple[dict[str, tu
     inside the file, the header is a JSON object, metadata is str -> str, every tensor has
     a floating dtype, a shape of non-negative ints and offsets whose size matches the shape,
     and the tensors tile the data region exactly up to the end of the file.
+    `dtypes` ({safetensors dtype: (numpy dtype, bytes per element)}) widens the accepted
+    dtypes (default: floating point only); `hint` ends every error message.
     """
+    table = _FLOAT_DTYPES if dtypes is None else dtypes
     if file_size < _HEADER_LEN_BYTES:
-        raise DataError(f"{path} is not a safetensors file ({file_size} bytes, too short); re-export the embedding")
+        raise DataError(f"{path} is not a safetensors file ({file_size} bytes, too short); {hint}")
     n = int.from_bytes(f.read(_HEADER_LEN_BYTES), "little")
     if n > _MAX_HEADER_BYTES:
-        raise DataError(f"{path} is not a safetensors file (header length {n} is implausible); re-export the embedding")
+        raise DataError(f"{path} is not a safetensors file (header length {n} is implausible); {hint}")
     if _HEADER_LEN_BYTES + n > file_size:
         raise DataError(
             f"{path} is truncated or not a safetensors file (header says {n} bytes, file has {file_size}); "
-            "re-export the embedding"
+            f"{hint}"
         )
     raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         reason = " ".join(str(e).split())
-        raise DataError(f"{path} is not a safetensors file (header is not JSON: {reason}); re-export the embedding") from e
+        raise DataError(f"{path} is not a safetensors file (header is not JSON: {reason}); {hint}") from e
     if not isinstance(header, dict):
-        raise DataError(f"{path} is not a safetensors file (header is not a JSON object); re-export the embedding")
+        raise DataError(f"{path} is not a safetensors file (header is not a JSON object); {hint}")
 
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise DataError(f"{path} has a corrupt safetensors header ('__metadata__' is not a str -> str map); re-export the embedding")
+        raise DataError(f"{path} has a corrupt safetensors header ('__metadata__' is not a str -> str map); {hint}")
 
     entries: dict[str, tuple[str, list[int], int, int]] = {}
     for name, info in header.items():
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-            raise DataError(f"{path} has a corrupt safetensors header (entry {name!r}); re-export the embedding")
+            raise DataError(f"{path} has a corrupt safetensors header (entry {name!r}); {hint}")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _FLOAT_DTYPES:
-            raise DataError(
-                f"{path}: tensor {name!r} has dtype {dtype}; embedding vectors must be floating point "
-                f"({', '.join(sorted(_FLOAT_DTYPES))})"
-            )
+        if dtype not in table:
+            what = "embedding vectors must be floating point" if dtypes is None else "expected one of"
+            raise DataError(f"{path}: tensor {name!r} has dtype {dtype}; {what} ({', '.join(sorted(table))})")
         if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
-            raise DataError(f"{path} has a corrupt safetensors header (shape {shape!r} of {name!r}); re-export the embedding")
+            raise DataError(f"{path} has a corrupt safetensors header (shape {shape!r} of {name!r}); {hint}")
         if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
                 or not 0 <= offsets[0] <= offsets[1]):
-            raise DataError(f"{path} has a corrupt safetensors header (data_offsets {offsets!r} of {name!r}); re-export the embedding")
-        nbytes = int(np.prod(shape, dtype=object)) * _FLOAT_DTYPES[dtype][1]
+            raise DataError(f"{path} has a corrupt safetensors header (data_offsets {offsets!r} of {name!r}); {hint}")
+        nbytes = int(np.prod(shape, dtype=object)) * table[dtype][1]
         if offsets[1] - offsets[0] != nbytes:
-            raise _corrupt(path, f"tensor {name!r} of shape {shape} needs {nbytes} bytes, its offsets span {offsets[1] - offsets[0]}")
+            raise _corrupt(path, f"tensor {name!r} of shape {shape} needs {nbytes} bytes, its offsets span {offsets[1] - offsets[0]}", hint)
         entries[name] = (dtype, list(shape), offsets[0], offsets[1])
 
     data_start = _HEADER_LEN_BYTES + n
     end = 0
     for name, (_, _, begin, stop) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
         if begin != end:
-            raise _corrupt(path, f"tensor {name!r} starts at byte {begin} of the data, expected {end}")
+            raise _corrupt(path, f"tensor {name!r} starts at byte {begin} of the data, expected {end}", hint)
         end = stop
     if data_start + end != file_size:
         have = file_size - data_start
         if have < end:
-            raise _corrupt(path, f"the header needs {end} bytes of tensor data, the file has {have}")
-        raise _corrupt(path, f"{have - end} unexpected bytes after the tensor data")
+            raise _corrupt(path, f"the header needs {end} bytes of tensor data, the file has {have}", hint)
+        raise _corrupt(path, f"{have - end} unexpected bytes after the tensor data", hint)
     return entries, metadata, data_start
 
 

@@ -151,24 +151,26 @@ def _refuse_pickle(path: Path, opt_in: str) -> DataError:
     )
 
 
-def _torch_load(path: Path, allow_pickle: bool, opt_in: str):
-    """The only way this project unpickles anything: opted in, weights_only=True, on the CPU."""
+def _torch_load(path: Path, allow_pickle: bool, opt_in: str, what: str = "embedding file",
+                hint: str = "re-export the embedding", mmap: bool = False):
+    """The only way this project unpickles anything: opted in, weights_only=True, on the CPU.
+    `mmap=True` maps the file's tensors instead of reading them (large checkpoints)."""
     if not allow_pickle:
         raise _refuse_pickle(path, opt_in)
     if not path.is_file():
-        raise MissingFileError(f"embedding file {path} does not exist; check the path")
+        raise MissingFileError(f"{what} {path} does not exist; check the path")
     torch = _import_torch(f"reading {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower():
             raise DataError(
                 f"{path} was refused by torch.load(weights_only=True): it holds objects other than tensors and "
                 f"plain containers ({_one_line(e)}); such a file can run code when unpickled, so it is not read"
             ) from e
-        raise DataError(f"{path} is truncated or not a PyTorch file ({_one_line(e)}); re-export the embedding") from e
+        raise DataError(f"{path} is truncated or not a PyTorch file ({_one_line(e)}); {hint}") from e
     except Exception as e:  # torch raises RuntimeError, EOFError, zipfile errors, ... for damaged files
-        raise DataError(f"{path} is truncated or not a PyTorch file ({_one_line(e)}); re-export the embedding") from e
+        raise DataError(f"{path} is truncated or not a PyTorch file ({_one_line(e)}); {hint}") from e
 
 
 def _tensor_to_numpy(path: Path, key: str, value) -> np.ndarray:

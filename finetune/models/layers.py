@@ -141,10 +141,11 @@ class GEGLUFeedForward(layers.Layer):
 class SpatialTransformer(layers.Layer):
     """GroupNorm, 1x1 in, one transformer block (self-attn, cross-attn on the text, GEGLU), 1x1 out, residual."""
 
-    def __init__(self, channels: int, num_heads: int, groups: int, epsilon: float, gelu: str, **kwargs):
+    def __init__(self, channels: int, num_heads: int, groups: int, epsilon: float, gelu: str,
+                 group_epsilon: float | None = None, **kwargs):
         super().__init__(**kwargs)
         head_dim = channels // num_heads
-        self.norm = group_norm(groups, epsilon, "norm")
+        self.norm = group_norm(groups, epsilon if group_epsilon is None else group_epsilon, "norm")
         self.proj_in = conv(channels, 1, "proj_in")
         self.norm1 = layers.LayerNormalization(epsilon=epsilon, name="norm1")
         self.attn1 = Attention(num_heads, head_dim, qkv_bias=False, name="attn1")

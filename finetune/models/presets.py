@@ -8,9 +8,10 @@ toy world) share every line of code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
 
-from finetune.errors import ConfigError
+from finetune.errors import ConfigError, MissingFileError
 
 # CLIP BPE vocabulary (OpenAI CLIP, bpe_simple_vocab_16e6): 49152 - 256 - 2 merges
 # + 512 byte tokens + <|startoftext|> (49406) + <|endoftext|> (49407) = 49408 ids.
@@ -44,6 +45,9 @@ class UNetSpec:
     context_dim: int = 768
     norm_groups: int = 32
     norm_epsilon: float = 1e-5
+    # The GroupNorm in front of each transformer: keras-cv uses 1e-5, CompVis/diffusers 1e-6
+    # (diffusers Transformer2DModel, CompVis ldm/modules/attention.py Normalize).
+    transformer_norm_epsilon: float = 1e-5
     # keras-cv's GEGLU uses the tanh approximation of GELU; CompVis/diffusers use erf.
     gelu: str = "tanh"
     max_period: float = 10000.0  # sinusoidal timestep embedding
@@ -118,8 +122,52 @@ TINY = Preset(
 PRESETS: dict[str, Preset] = {p.name: p for p in (SD_V1, TINY)}
 
 
+PRESET_FORMAT = "finetune-preset-v1"  # the "format" field of a preset.json
+
+
+def preset_to_dict(preset: Preset) -> dict:
+    """The preset as plain JSON data (what `python -m finetune.convert` writes to preset.json)."""
+    return {"format": PRESET_FORMAT, **asdict(preset)}
+
+
+def preset_from_dict(data: dict, source: str = "preset") -> Preset:
+    """The inverse of `preset_to_dict`; unknown or missing fields are a ConfigError naming them."""
+    data = dict(data)
+    if data.pop("format", None) != PRESET_FORMAT:
+        raise ConfigError(f"{source}: not a preset description (its \"format\" is not {PRESET_FORMAT!r})")
+
+    def build(cls, values, where):
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: {where} must be a mapping")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown {where} fields {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    parts = {"text_encoder": TextEncoderSpec, "unet": UNetSpec, "vae": VAESpec}
+    specs = {key: build(cls, data.pop(key, {}), key) for key, cls in parts.items()}
+    return build(Preset, {**data, **specs}, "preset")
+
+
 def get_preset(name: str, **overrides) -> Preset:
-    """The preset called `name`; `overrides` replace top-level fields (e.g. resolution)."""
-    if name not in PRESETS:
-        raise ConfigError(f"model.preset={name!r} is not a preset; choose one of {sorted(PRESETS)}")
-    return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
+    """The preset called `name`; `overrides` replace top-level fields (e.g. resolution).
+
+    `name` may also be a path: a preset.json, a folder written by `python -m finetune.convert`,
+    a diffusers SD v1 folder or a CompVis single-file checkpoint (the preset is then read from
+    the checkpoint's configs, see `finetune.convert`).
+    """
+    if name in PRESETS:
+        preset = PRESETS[name]
+    elif os.path.exists(os.path.expanduser(str(name))):
+        from finetune.convert import checkpoint_preset
+
+        preset = checkpoint_preset(name)
+    elif "/" in str(name) or os.sep in str(name):
+        raise MissingFileError(f"{name}: not found (model.preset / model.checkpoint); give a preset name or an existing path")
+    else:
+        raise ConfigError(
+            f"model.preset={name!r} is not a preset; choose one of {sorted(PRESETS)} "
+            "or give the path of a preset.json, a converted folder or an SD v1 checkpoint"
+        )
+    return replace(preset, **overrides) if overrides else preset

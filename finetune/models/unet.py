@@ -26,7 +26,9 @@ class UNet(keras.Model):
         self.spec = spec
         s = spec
         res = lambda ch, name: ResBlock(ch, s.norm_groups, s.norm_epsilon, time_conditioned=True, name=name)  # noqa: E731
-        attn = lambda ch, name: SpatialTransformer(ch, s.num_heads, s.norm_groups, s.norm_epsilon, s.gelu, name=name)  # noqa: E731
+        attn = lambda ch, name: SpatialTransformer(  # noqa: E731
+            ch, s.num_heads, s.norm_groups, s.norm_epsilon, s.gelu, group_epsilon=s.transformer_norm_epsilon, name=name
+        )
         last = len(s.block_channels) - 1
 
         self.time_dense1 = layers.Dense(s.time_embedding_dim, name="time_dense1")

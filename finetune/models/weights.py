@@ -142,6 +142,12 @@ def require_weight_files(model_cfg, components: list[str]) -> None:
     """Check every weight file a stage needs before any work starts."""
     from finetune.errors import ConfigError
 
+    checkpoint = getattr(model_cfg, "checkpoint", None)
+    if checkpoint is not None:  # every component comes from the checkpoint (finetune.convert)
+        if not os.path.exists(os.path.expanduser(str(checkpoint))):
+            raise MissingFileError(f"model.checkpoint={checkpoint}: not found; give a diffusers folder, "
+                                   "a CompVis .safetensors file or a folder written by python -m finetune.convert")
+        return
     for component in components:
         path = getattr(model_cfg.weights, component)
         if path is not None:

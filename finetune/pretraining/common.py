@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,11 +25,11 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from finetune.errors import ConfigError, DataError
+from finetune.errors import ConfigError
+from finetune.training.checkpoints import list_checkpoints, read_meta, restore_checkpoint, save_checkpoint
 from finetune.training.schedules import WarmupDecay
 
 STAGE_STREAMS = {"vae": 1, "clip": 2, "unet": 3}
-STATE_FILE, META_FILE, CHECKPOINT_PREFIX = "state.safetensors", "meta.json", "step-"
 
 
 # ----------------------------------------------------------------------------- randomness and data order
@@ -130,52 +128,6 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def list_checkpoints(stage_dir: Path) -> list[Path]:
-    """Complete checkpoints of a stage, oldest first."""
-    root = Path(stage_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if (p / META_FILE).is_file() and (p / STATE_FILE).is_file())
-
-
-def save_checkpoint(stage_dir: Path, step: int, groups: dict[str, list], meta: dict, keep: int = 2) -> Path:
-    """Write every variable of `groups` (name -> variables) and `meta` as checkpoint `step`, atomically."""
-    from safetensors.numpy import save_file
-
-    final = Path(stage_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tensors = {
-        f"{group}/{i:04d}/{var.path}": np.array(keras.ops.convert_to_numpy(var), order="C")
-        for group, variables in groups.items()
-        for i, var in enumerate(variables)
-    }
-    save_file(tensors, str(tmp / STATE_FILE))
-    (tmp / META_FILE).write_text(json.dumps({**meta, "step": step}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in list_checkpoints(stage_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def restore_checkpoint(path: Path, groups: dict[str, list]) -> dict:
-    """Load a checkpoint into the variables of `groups` (same names and order as saved); returns its meta."""
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(Path(path) / STATE_FILE))
-    for group, variables in groups.items():
-        keys = sorted(k for k in tensors if k.startswith(f"{group}/"))
-        if len(keys) != len(variables):
-            raise DataError(f"{path}: {group} has {len(keys)} variables, this run {len(variables)}")
-        for key, var in zip(keys, variables):
-            if tensors[key].shape != tuple(var.shape):
-                raise DataError(f"{path}: {key} has shape {tensors[key].shape}, {var.path} is {tuple(var.shape)}")
-            var.assign(tensors[key])
-    return json.loads((Path(path) / META_FILE).read_text())
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -187,7 +139,7 @@ def resume_point(stage_dir: Path, settings: dict, total_steps: int, name: str = 
     if not found:
         return None
     name = name or Path(stage_dir).name
-    meta = json.loads((found[-1] / META_FILE).read_text())
+    meta = read_meta(found[-1])
     key = fingerprint(settings)
     if meta.get("fingerprint") != key:
         raise ConfigError(

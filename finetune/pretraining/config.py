@@ -50,9 +50,9 @@ class ClipStageConfig:
 
 @dataclass
 class UNetStageConfig:
-    steps: int = 3500
+    steps: int = 2000
     batch_size: int = 128
-    learning_rate: float = 5e-4
+    learning_rate: float = 8e-4
     warmup_steps: int = 200
     weight_decay: float = 0.01
     grad_clip: Optional[float] = 1.0

@@ -25,7 +25,8 @@ class PlaceholderEmbedding(keras.layers.Layer):
         self.learned_vectors = None
         if self.num_vectors:
             self.learned_vectors = self.add_weight(
-                shape=(self.num_vectors, self.dim), initializer="zeros", trainable=True, name="learned_vectors"
+                shape=(self.num_vectors, self.dim), initializer="zeros", trainable=True, name="learned_vectors",
+                dtype="float32",  # float32 whatever dtype the frozen table is stored in
             )
 
     def call(self, ids):

@@ -6,6 +6,8 @@ names it, so the pretrained model has no word for it.
 
 from __future__ import annotations
 
+from finetune.toyworld.attributes import is_nameable
+from finetune.toyworld.captions import describe
 from finetune.toyworld.render import Scene
 
 NAME = "orange-checkered-heart"
@@ -17,8 +19,9 @@ ATTRIBUTES = {
     "background": "blue",
     "pattern": "checkered",  # never named in any caption
 }
-# What a text prompt can say about it (the "oracle" prompt of the quality benchmark).
-ORACLE_PROMPT = "a large orange heart on a blue background"
+# What a text prompt can say about it (the "oracle" prompt of the quality benchmark):
+# "a large orange heart in the center on a blue background".
+ORACLE_PROMPT = describe({a: v for a, v in ATTRIBUTES.items() if is_nameable(a, v)})
 
 
 def concept_scenes(count: int = 5, seed: int = 0) -> list[Scene]:

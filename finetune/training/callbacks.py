@@ -1,4 +1,4 @@
-"""Callbacks of a training run: progress bar, checkpoints + embedding snapshots, previews, logging.
+"""Callbacks of a training run: history, progress bar, checkpoints + embedding snapshots, previews, tracking.
 
 Steps here are optimizer updates; with gradient accumulation one update spans several
 Keras batches (micro-steps), and each callback converts.
@@ -6,7 +6,6 @@ Keras batches (micro-steps), and each callback converts.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import keras
@@ -43,18 +42,53 @@ class ProgressBar(_UpdateCallback):
         self.bar.close()
 
 
-class LossHistory(_UpdateCallback):
-    """Per-update loss and learning rate, for metrics.json and later plots."""
+def embedding_stats(vectors: np.ndarray, initial: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per learned vector: its L2 norm, and its cosine similarity to the vector it started from."""
+    vectors, initial = np.asarray(vectors, np.float64), np.asarray(initial, np.float64)
+    norms = np.linalg.norm(vectors, axis=1)
+    denominator = np.maximum(norms * np.linalg.norm(initial, axis=1), 1e-12)
+    return norms.tolist(), (np.sum(vectors * initial, axis=1) / denominator).tolist()
 
-    def __init__(self, start_micro_step: int, accumulation: int):
+
+class TrainingHistory(_UpdateCallback):
+    """Per update: loss, learning rate, gradient norm, and each learned vector's norm and cosine
+    similarity to its initial vector (these also at the start). For metrics.json, the trackers and
+    the run's plots. `vectors()` returns the learned vectors [num_vectors, D] as they are now."""
+
+    def __init__(self, start_micro_step: int, accumulation: int, vectors, initial_vectors: np.ndarray):
         super().__init__(start_micro_step, accumulation)
-        self.steps, self.losses, self.lrs = [], [], []
-        self.started = time.perf_counter()
+        self.vectors, self.initial_vectors = vectors, np.asarray(initial_vectors)
+        self.steps, self.losses, self.lrs, self.grad_norms = [], [], [], []
+        self.vector_steps, self.vector_norms, self.cosines = [], [], []  # [points][num_vectors]
+
+    def _record_vectors(self, step: int) -> None:
+        norms, cosines = embedding_stats(self.vectors(), self.initial_vectors)
+        self.vector_steps.append(step)
+        self.vector_norms.append(norms)
+        self.cosines.append(cosines)
+
+    def on_train_begin(self, logs=None):
+        self._record_vectors(self.start_micro_step // self.accumulation)
 
     def on_update(self, step, logs):
         self.steps.append(step)
-        self.losses.append(float(logs.get("loss", np.nan)))
-        self.lrs.append(float(logs.get("lr", np.nan)))
+        for values, key in ((self.losses, "loss"), (self.lrs, "lr"), (self.grad_norms, "grad_norm")):
+            values.append(float(logs.get(key, np.nan)))
+        self._record_vectors(step)
+
+    def latest(self) -> dict[str, float]:
+        """The newest update's values, keyed as the trackers log them."""
+        values = {"train/loss": self.losses[-1], "train/lr": self.lrs[-1], "train/grad_norm": self.grad_norms[-1]}
+        for i, (norm, cosine) in enumerate(zip(self.vector_norms[-1], self.cosines[-1])):
+            values[f"embedding/norm_{i}"] = norm
+            values[f"embedding/cosine_to_init_{i}"] = cosine
+        return values
+
+    def as_metrics(self) -> dict:
+        return {
+            "loss_history": {"step": self.steps, "loss": self.losses, "lr": self.lrs, "grad_norm": self.grad_norms},
+            "embedding_history": {"step": self.vector_steps, "norm": self.vector_norms, "cosine_to_init": self.cosines},
+        }
 
 
 class Every(_UpdateCallback):
@@ -70,13 +104,15 @@ class Every(_UpdateCallback):
 
 
 class LoggerCallback(_UpdateCallback):
-    def __init__(self, start_micro_step: int, accumulation: int, logger, every: int):
+    """Hands the newest values of a TrainingHistory (listed before it) to a tracker every `every` updates."""
+
+    def __init__(self, start_micro_step: int, accumulation: int, tracker, history: TrainingHistory, every: int):
         super().__init__(start_micro_step, accumulation)
-        self.logger, self.every = logger, max(every, 1)
+        self.tracker, self.history, self.every = tracker, history, max(every, 1)
 
     def on_update(self, step, logs):
         if step % self.every == 0:
-            self.logger.log_scalars({"train/loss": float(logs["loss"]), "train/lr": float(logs["lr"])}, step)
+            self.tracker.log_scalars(self.history.latest(), step)
 
 
 def preview_path(run_dir: Path, step: int) -> Path:

@@ -1,4 +1,5 @@
-"""Checkpoints of a textual-inversion run: the learned vectors, the optimizer state and the step.
+"""Checkpoints: named groups of variables (a textual-inversion run's learned vectors and optimizer
+state; a pretraining stage's model, optimizer and EMA) and a `meta.json` with the step.
 
 A checkpoint is a folder `checkpoints/step-000100/` holding `state.safetensors` and
 `meta.json`. It is written into a temporary folder and renamed into place, so a run
@@ -26,16 +27,20 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"{PREFIX}{step:06d}"
 
 
-def save_checkpoint(run_dir: Path, step: int, learned_vectors, optimizer, meta: dict, keep: int = 3) -> Path:
+def save_checkpoint(run_dir: Path, step: int, groups: dict[str, list], meta: dict, keep: int = 3) -> Path:
+    """Write every variable of `groups` (name -> variables) and `meta` as checkpoint `step`, atomically;
+    keep the newest `keep` checkpoints (0: all)."""
     from safetensors.numpy import save_file
 
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tensors = {"learned_vectors": np.asarray(keras.ops.convert_to_numpy(learned_vectors), dtype="float32")}
-    for i, var in enumerate(optimizer.variables):
-        tensors[f"optimizer/{i:03d}/{var.path}"] = np.array(keras.ops.convert_to_numpy(var), order="C")
+    tensors = {
+        f"{group}/{i:04d}/{var.path}": np.array(keras.ops.convert_to_numpy(var), order="C")
+        for group, variables in groups.items()
+        for i, var in enumerate(variables)
+    }
     save_file(tensors, str(tmp / STATE_FILE))
     (tmp / META_FILE).write_text(json.dumps({**meta, "step": step}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
@@ -85,18 +90,17 @@ def find_resume_checkpoint(resume: str | None, run_dir: Path, fingerprint: str) 
     return found[-1]
 
 
-def restore_checkpoint(path: Path, learned_vectors, optimizer) -> dict:
-    """Load a checkpoint into the vectors and the (built) optimizer; returns its meta."""
+def restore_checkpoint(path: Path, groups: dict[str, list]) -> dict:
+    """Load a checkpoint into the variables of `groups` (same names and order as saved); returns its meta."""
     from safetensors.numpy import load_file
 
     tensors = load_file(str(Path(path) / STATE_FILE))
-    vectors = tensors["learned_vectors"]
-    if vectors.shape != tuple(learned_vectors.shape):
-        raise DataError(f"{path}: learned vectors {vectors.shape} do not fit this run's {tuple(learned_vectors.shape)}")
-    learned_vectors.assign(vectors)
-    saved = sorted(k for k in tensors if k.startswith("optimizer/"))
-    if len(saved) != len(optimizer.variables):
-        raise DataError(f"{path}: optimizer state has {len(saved)} variables, this run's optimizer {len(optimizer.variables)}")
-    for key, var in zip(saved, optimizer.variables):
-        var.assign(tensors[key])
+    for group, variables in groups.items():
+        keys = sorted(k for k in tensors if k.startswith(f"{group}/"))
+        if len(keys) != len(variables):
+            raise DataError(f"{path}: {group} has {len(keys)} variables, this run {len(variables)}")
+        for key, var in zip(keys, variables):
+            if tensors[key].shape != tuple(var.shape):
+                raise DataError(f"{path}: {key} has shape {tensors[key].shape}, this run's {var.path} {tuple(var.shape)}")
+            var.assign(tensors[key])
     return read_meta(path)

@@ -7,7 +7,8 @@ into the text encoder's learned placeholder vectors.
 
 Randomness is a pure function of (seed, step): every random draw uses stateless ops
 seeded by the step counter, so a resumed run draws exactly what the uninterrupted run
-would have drawn.
+would have drawn. Draws are made for the global batch and each replica keeps its rows, so
+a run on several devices draws what a one-device run draws (finetune/training/distribute.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tensorflow as tf
 from keras import ops
 
 from finetune.diffusion.schedule import NoiseSchedule
+from finetune.training.distribute import global_batch_size, gradient_for_optimizer, local_rows, replica_position
 
 # Distinct streams of the stateless RNG, combined with the step counter.
 _STREAM_POSTERIOR, _STREAM_TIMESTEP, _STREAM_NOISE = 1, 2, 3
@@ -50,8 +52,11 @@ class StableDiffusionFineTuner(keras.Model):
         self.num_timesteps = schedule.num_train_timesteps
         self.latent_scale = float(latent_scale)
         self.seed = int(seed)
-        self.step_counter = keras.Variable(0, dtype="int64", trainable=False, name="step_counter")
+        self.step_counter = keras.Variable(
+            0, dtype="int64", trainable=False, name="step_counter", aggregation="only_first_replica"
+        )
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.built = True  # every variable exists (Keras would otherwise try to build by calling it)
 
     @property
     def metrics(self):
@@ -65,12 +70,14 @@ class StableDiffusionFineTuner(keras.Model):
         moments = tf.gather(self.latent_moments, batch["variant"])
         mean, logvar = tf.split(moments, 2, axis=-1)
         shape = tf.shape(mean)
-        posterior_noise = tf.random.stateless_normal(shape, self._rng(_STREAM_POSTERIOR))
+        local = shape[0]
+        drawn = tf.concat([[global_batch_size(local)], shape[1:]], axis=0)
+        posterior_noise = local_rows(tf.random.stateless_normal(drawn, self._rng(_STREAM_POSTERIOR)), local)
         latents = (mean + tf.exp(0.5 * logvar) * posterior_noise) * self.latent_scale
-        timesteps = tf.random.stateless_uniform(
-            [shape[0]], self._rng(_STREAM_TIMESTEP), minval=0, maxval=self.num_timesteps, dtype=tf.int32
-        )
-        noise = tf.random.stateless_normal(shape, self._rng(_STREAM_NOISE))
+        timesteps = local_rows(tf.random.stateless_uniform(
+            drawn[:1], self._rng(_STREAM_TIMESTEP), minval=0, maxval=self.num_timesteps, dtype=tf.int32
+        ), local)
+        noise = local_rows(tf.random.stateless_normal(drawn, self._rng(_STREAM_NOISE)), local)
         a = tf.gather(self.sqrt_acp, timesteps)[:, None, None, None]
         b = tf.gather(self.sqrt_one_minus_acp, timesteps)[:, None, None, None]
         tokens = tf.gather(self.caption_tokens, batch["caption"])
@@ -89,7 +96,12 @@ class StableDiffusionFineTuner(keras.Model):
         gradient = tape.gradient(scaled, self.learned_vectors)
         if isinstance(gradient, tf.IndexedSlices):
             gradient = tf.convert_to_tensor(gradient)  # [num_vectors, D]: small
+        gradient = gradient_for_optimizer(gradient)
+        # The global gradient's norm before clipping: gradient_for_optimizer divided it by the number of
+        # replicas, and the loss scale (mixed_float16; read before apply_gradients updates it) is divided out.
+        scale = tf.cast(self.optimizer.scale_loss(1.0), "float32") / replica_position()[1]
+        grad_norm = tf.norm(tf.cast(gradient, "float32")) / scale
         self.optimizer.apply_gradients([(gradient, self.learned_vectors)])
         self.step_counter.assign_add(1)
         self.loss_tracker.update_state(loss)
-        return {"loss": loss, "lr": self.optimizer.learning_rate}
+        return {"loss": loss, "lr": self.optimizer.learning_rate, "grad_norm": grad_norm}

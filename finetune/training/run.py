@@ -25,18 +25,20 @@ from finetune.diffusion.schedule import NoiseSchedule
 from finetune.errors import ConfigError
 from finetune.evaluation.grid import make_grid, save_png_atomic
 from finetune.evaluation.render import PromptRenderer, expand_prompt
-from finetune.evaluation.stage import render_eval_prompts, sampler_settings
+from finetune.evaluation.stage import render_eval_prompts, sampler_settings, score_rendered
 from finetune.export.diffusers_format import DEFAULT_FILENAME, save_diffusers_embedding
 from finetune.export.formats import check_formats, export_embedding
 from finetune.io import write_json_atomic
 from finetune.models import load_component
 from finetune.models.presets import get_preset
 from finetune.models.weights import require_weight_files
+from finetune.reporting import write_run_report
 from finetune.tokens.tokenizer import ClipTokenizer
+from finetune.tracking import make_tracker
 from finetune.training import callbacks as cb
 from finetune.training.checkpoints import find_resume_checkpoint, restore_checkpoint, save_checkpoint
+from finetune.training.distribute import adapt_optimizer, check_trainer, make_strategy
 from finetune.training.fine_tuner import StableDiffusionFineTuner
-from finetune.training.loggers import make_logger
 from finetune.training.schedules import WarmupDecay
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ def fingerprint(cfg) -> str:
     """Hash of everything that decides the learned vectors (not max_steps, resume or eval)."""
     keep = {k: OmegaConf.to_container(OmegaConf.structured(getattr(cfg, k))) for k in ("model", "data", "token")}
     trainer = OmegaConf.to_container(OmegaConf.structured(cfg.trainer))
-    for k in ("max_steps", "resume", "checkpoint_every", "keep_checkpoints"):
+    for k in ("max_steps", "resume", "checkpoint_every", "keep_checkpoints", "strategy"):
         trainer.pop(k)
     blob = json.dumps({**keep, "trainer": trainer, "seed": cfg.seed}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -108,6 +110,27 @@ def validate(cfg) -> None:
         raise ConfigError(f"data.resolution={cfg.data.resolution} must be a multiple of the model's total downsampling")
 
 
+def build_tuner(cfg, moments: np.ndarray, caption_tokens: np.ndarray, init_ids: list[int]):
+    """Text encoder (learned vectors at their start values) + UNet + the compiled trainer, built in
+    the scope of `trainer.strategy`. Returns the trainer and the start vectors."""
+    strategy = make_strategy(cfg.trainer.strategy)
+    check_trainer(cfg.trainer, strategy)
+    with strategy.scope():
+        text_encoder = load_component(cfg.model, "text_encoder", num_placeholder_vectors=cfg.token.num_vectors)
+        initial_vectors = text_encoder.token_embedding.initial_vectors(init_ids, cfg.seed)
+        text_encoder.token_embedding.set_learned_vectors(initial_vectors)
+        unet = load_component(cfg.model, "unet")
+        tuner = StableDiffusionFineTuner(
+            text_encoder, unet, moments, caption_tokens, NoiseSchedule(), get_preset(cfg.model.preset).vae.scaling_factor,
+            seed=cfg.seed,
+        )
+        optimizer = make_optimizer(cfg.trainer)
+        adapt_optimizer(optimizer, strategy)
+        tuner.compile(optimizer=optimizer, jit_compile=cfg.model.jit_compile)
+        tuner.optimizer.build([tuner.learned_vectors])
+    return tuner, initial_vectors
+
+
 def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict:
     """Run textual inversion as `cfg` (a TrainConfig) says; outputs go to `run_dir`. Returns the metrics.
 
@@ -137,25 +160,16 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     del vae_encoder
     gc.collect()
 
-    text_encoder = load_component(cfg.model, "text_encoder", num_placeholder_vectors=cfg.token.num_vectors)
-    embedding = text_encoder.token_embedding
-    initial_vectors = embedding.initial_vectors(init_ids, cfg.seed)
-    embedding.set_learned_vectors(initial_vectors)
-    unet = load_component(cfg.model, "unet")
-
-    tuner = StableDiffusionFineTuner(
-        text_encoder, unet, moments, caption_tokens, NoiseSchedule(), preset.vae.scaling_factor, seed=cfg.seed
-    )
-    optimizer = make_optimizer(cfg.trainer)
-    tuner.compile(optimizer=optimizer, jit_compile=cfg.model.jit_compile)
-    tuner.optimizer.build([tuner.learned_vectors])
+    tuner, initial_vectors = build_tuner(cfg, moments, caption_tokens, init_ids)
+    text_encoder, unet = tuner.text_encoder, tuner.unet
 
     accumulation = cfg.trainer.gradient_accumulation_steps
     run_fingerprint = fingerprint(cfg)
     start_step = 0
+    checkpoint_groups = {"learned_vectors": [tuner.learned_vectors], "optimizer": tuner.optimizer.variables}
     resume_from = find_resume_checkpoint(cfg.trainer.resume, run_dir, run_fingerprint)
     if resume_from is not None:
-        start_step = restore_checkpoint(resume_from, tuner.learned_vectors, tuner.optimizer)["step"]
+        start_step = restore_checkpoint(resume_from, checkpoint_groups)["step"]
         log.info("resumed from %s at step %d", resume_from, start_step)
     start_micro = start_step * accumulation
     tuner.step_counter.assign(start_micro)
@@ -169,18 +183,18 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         return keras.ops.convert_to_numpy(tuner.learned_vectors).astype("float32")
 
     def save(step: int) -> None:
-        save_checkpoint(run_dir, step, tuner.learned_vectors, tuner.optimizer,
+        save_checkpoint(run_dir, step, checkpoint_groups,
                         {"fingerprint": run_fingerprint, "seed": cfg.seed}, keep=cfg.trainer.keep_checkpoints)
-        save_diffusers_embedding(run_dir / f"learned_embeds-steps-{step}.safetensors", cfg.token.placeholder,
-                                 vectors(), {**metadata, "steps": str(step)})
+        snapshot = run_dir / f"learned_embeds-steps-{step}.safetensors"
+        save_diffusers_embedding(snapshot, cfg.token.placeholder, vectors(), {**metadata, "steps": str(step)})
+        logger.log_embedding(snapshot, step, metadata)
 
     renderer = None
     if cfg.eval.enabled:
         decoder = load_component(cfg.model, "vae_decoder")
         renderer = PromptRenderer(tokenizer, text_encoder, unet, decoder, cfg.data.resolution, cfg.model.jit_compile)
 
-    logger = make_logger(cfg.logger, OmegaConf.to_container(OmegaConf.structured(cfg)), run_dir,
-                         tags=[preset.name, cfg.token.placeholder])
+    logger = make_tracker(cfg, run_dir)
     preview_prompt = expand_prompt(cfg.eval.prompts[0], cfg.token.placeholder) if cfg.eval.prompts else None
 
     def preview(step: int) -> None:
@@ -188,15 +202,15 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
             return
         image = renderer.render([preview_prompt], sampler_settings(cfg.eval), 1, cfg.eval.negative_prompt, progress=False)[0]
         save_png_atomic(make_grid([image.image], [f"step {step}: {image.label}"]), cb.preview_path(run_dir, step))
-        logger.log_images("previews", [image.image], [f"step {step}: {image.label}"], step)
+        logger.log_preview(image, step)
 
-    history = cb.LossHistory(start_micro, accumulation)
+    history = cb.TrainingHistory(start_micro, accumulation, vectors, initial_vectors)
     callbacks = [
         history,
         cb.ProgressBar(start_micro, accumulation, cfg.trainer.max_steps),
         cb.Every(start_micro, accumulation, cfg.trainer.checkpoint_every, save),
         cb.Every(start_micro, accumulation, cfg.eval.preview_every, preview),
-        cb.LoggerCallback(start_micro, accumulation, logger, cfg.logger.log_every),
+        cb.LoggerCallback(start_micro, accumulation, logger, history, cfg.logger.log_every),
         *(extra_callbacks or []),
     ]
     remaining = cfg.trainer.max_steps * accumulation - start_micro
@@ -211,12 +225,15 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         raise ConfigError("training diverged (learned vectors are not finite); lower trainer.learning_rate")
     save_diffusers_embedding(run_dir / DEFAULT_FILENAME, cfg.token.placeholder, final,
                              {**metadata, "steps": str(cfg.trainer.max_steps)})
+    logger.log_embedding(run_dir / DEFAULT_FILENAME, cfg.trainer.max_steps, metadata, final=True)
     export_embedding(run_dir / "export", cfg.token.placeholder, final, {**metadata, "steps": str(cfg.trainer.max_steps)},
                      [f for f in cfg.export.formats if f != "diffusers"])  # diffusers: the file above
 
-    sampling = None
+    sampling = quality = None
     if renderer is not None and cfg.eval.prompts:
-        render_eval_prompts(renderer, cfg.eval, cfg.token.placeholder, run_dir / "samples")
+        rendered = render_eval_prompts(renderer, cfg.eval, cfg.token.placeholder, run_dir / "samples")
+        quality = score_rendered(rendered, cfg.token.placeholder, cfg.model, cfg.eval.reference_dir or cfg.data.concept_dir,
+                                 cfg.data.resolution)
         sampling = {k: getattr(cfg.eval, k) for k in ("num_steps", "guidance_scale", "eta", "seed", "images_per_prompt", "negative_prompt")}
         sampling["prompts"] = [expand_prompt(p, cfg.token.placeholder) for p in cfg.eval.prompts]
 
@@ -229,9 +246,12 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         "wall_seconds": round(time.perf_counter() - started, 3),
         "learned_vector_norms": [float(n) for n in np.linalg.norm(final, axis=1)],
         "initial_vector_norms": [float(n) for n in np.linalg.norm(initial_vectors, axis=1)],
-        "loss_history": {"step": history.steps, "loss": history.losses, "lr": history.lrs},
+        "vocabulary_mean_norm": float(np.linalg.norm(keras.ops.convert_to_numpy(text_encoder.token_embedding.table),
+                                                     axis=1).mean()),
+        **history.as_metrics(),
         "sampling": sampling,
+        "quality": quality,
     }
     write_json_atomic(run_dir / "metrics.json", metrics)
-    logger.finish({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    logger.finish(metrics, write_run_report(run_dir, metrics, cfg))
     return metrics

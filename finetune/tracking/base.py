@@ -1,0 +1,59 @@
+"""What a run tells an experiment tracker, and the guard that keeps tracking from ending a run."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    """Receives a run's numbers and pictures. This base class drops them all (`logger=none`)."""
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None: ...
+
+    def log_preview(self, preview, step: int) -> None:
+        """`preview`: a finetune.evaluation.render.RenderedImage (prompt, seed, uint8 image)."""
+
+    def log_embedding(self, path: Path, step: int, metadata: dict[str, str], final: bool = False) -> None:
+        """An embedding file the run just wrote (a snapshot at `step`, or the final one)."""
+
+    def finish(self, metrics: dict, pictures: dict[str, Path]) -> None:
+        """The final metrics (metrics.json) and the run's pictures by name (e.g. "samples/grid")."""
+
+
+def summary_of(metrics: dict) -> dict:
+    """The final metrics without the per-step histories and sampling settings."""
+    return {k: v for k, v in metrics.items() if not k.endswith("_history") and k != "sampling" and v is not None}
+
+
+class GuardedTracker(Tracker):
+    """Forwards every call to a tracker; a failure becomes one warning per kind of call, and the run goes on.
+
+    Network errors, bad keys, quotas, a full disk under the tracker's folder: none of them may
+    cost the user a training run.
+    """
+
+    def __init__(self, tracker: Tracker, name: str):
+        self.tracker, self.name, self._warned = tracker, name, set()
+
+    def _call(self, what: str, *args, **kwargs) -> None:
+        try:
+            getattr(self.tracker, what)(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - tracking must never end a run
+            level = logging.DEBUG if what in self._warned else logging.WARNING
+            self._warned.add(what)
+            log.log(level, "%s: %s failed (%s: %s); the run goes on without it", self.name, what, type(e).__name__, e)
+
+    def log_scalars(self, values, step):
+        self._call("log_scalars", values, step)
+
+    def log_preview(self, preview, step):
+        self._call("log_preview", preview, step)
+
+    def log_embedding(self, path, step, metadata, final=False):
+        self._call("log_embedding", path, step, metadata, final)
+
+    def finish(self, metrics, pictures):
+        self._call("finish", metrics, pictures)

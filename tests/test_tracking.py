@@ -1,0 +1,202 @@
+"""Experiment tracking: W&B (offline, online without network), TensorBoard, the guard, the per-step stats."""
+
+import base64
+import hashlib
+import io
+import json
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from finetune.errors import ConfigError
+from finetune.reporting.progress import preview_image
+from finetune.tracking import make_tracker
+from finetune.tracking.base import GuardedTracker, Tracker
+from finetune.training.callbacks import embedding_stats, preview_path
+from tests.conftest import CONCEPT, compose_train
+from tests.tracked_runs import PREVIEW_STEPS, TRACKED, shared_data_dir, tensorboard_run, wandb_run
+from tests.wandb_files import OfflineRun
+
+
+@pytest.fixture(scope="module")
+def wandb_offline(tmp_path_factory):
+    run_dir, metrics = wandb_run(tmp_path_factory)
+    (folder,) = (run_dir / "wandb").glob("offline-run-*")
+    return run_dir, metrics, OfflineRun(folder)
+
+
+def test_wandb_run_has_config_name_and_tags(wandb_offline):
+    run_dir, _, run = wandb_offline
+    assert run.run.display_name == f"{CONCEPT.name}-{run_dir.name}"
+    assert set(run.run.tags) == {CONCEPT.name, "tiny", "<concept>"}
+    assert run.config["trainer"]["max_steps"] == 4 and run.config["logger"]["mode"] == "offline"
+
+
+def test_wandb_summary_holds_the_final_metrics(wandb_offline):
+    _, metrics, run = wandb_offline
+    for key in ("final_loss", "mean_loss_last_10", "steps", "train_seconds", "vocabulary_mean_norm"):
+        assert run.summary[key] == pytest.approx(metrics[key]), key
+    assert run.summary["learned_vector_norms"] == pytest.approx(metrics["learned_vector_norms"])
+    assert "loss_history" not in run.summary  # per-step series live in the history, not the summary
+
+
+def test_wandb_history_has_loss_lr_grad_norm_and_embedding_stats(wandb_offline):
+    _, metrics, run = wandb_offline
+    steps = metrics["loss_history"]["step"]
+    assert run.series("train/loss") == pytest.approx(dict(zip(steps, metrics["loss_history"]["loss"])))
+    assert run.series("train/lr") == pytest.approx(dict(zip(steps, metrics["loss_history"]["lr"])))
+    grad_norms = run.series("train/grad_norm")
+    assert sorted(grad_norms) == steps and all(np.isfinite(g) and g > 0 for g in grad_norms.values())
+    norms = run.series("embedding/norm_0")
+    assert norms[4] == pytest.approx(metrics["learned_vector_norms"][0], rel=1e-5)
+    cosines = run.series("embedding/cosine_to_init_0")
+    assert all(-1.0 <= c <= 1.0 for c in cosines.values()) and cosines[4] < 1.0  # the vector moved
+
+
+def test_wandb_media_holds_the_previews(wandb_offline):
+    run_dir, _, run = wandb_offline
+    previews = [p for p in run.media_images() if p.parent.name == "previews"]
+    assert len(previews) == len(PREVIEW_STEPS)
+    logged = sorted(np.asarray(Image.open(p).convert("RGB")).tobytes() for p in previews)
+    # The same pixels as samples/previews/step-N.png (upscaled 4x there, with a label band).
+    on_disk = sorted(preview_image(preview_path(run_dir, s))[::4, ::4].tobytes() for s in PREVIEW_STEPS)
+    assert logged == on_disk
+    captions = [row["previews/image/caption"] for row in run.history if "previews/image/caption" in row]
+    assert captions == [f"step {s}: a photo of <concept> (seed 0)" for s in PREVIEW_STEPS]
+    assert any(p.parent.name == "samples" for p in run.media_images())  # final/samples/grid
+
+
+def test_wandb_preview_table_grows_over_the_run(wandb_offline):
+    _, _, run = wandb_offline
+    increments = [a for a in run.artifacts if "incr" in a.type]
+    rows = []
+    for artifact in increments:
+        (table,) = [c for c in artifact.manifest.contents if c.path.endswith(".table.json")]
+        content = json.loads(open(table.local_path).read())
+        assert content["columns"] == ["step", "prompt", "seed", "image"]
+        rows += [row[:3] for row in content["data"]]
+        images = {c.path for c in artifact.manifest.contents}
+        for step, _, _, image in content["data"]:
+            assert image["path"] in images and image["caption"].startswith(f"step {step}:")
+    assert rows == [[s, "a photo of <concept>", 0] for s in PREVIEW_STEPS]
+
+
+def test_wandb_artifacts_hold_the_embedding_files(wandb_offline):
+    run_dir, _, run = wandb_offline
+    artifacts = run.model_artifacts()
+    assert [sorted(a.aliases) for a in artifacts] == [
+        ["latest", "step-2"], ["latest", "step-4"], ["final", "latest", "step-4"]]
+    files = [run_dir / "learned_embeds-steps-2.safetensors", run_dir / "learned_embeds-steps-4.safetensors",
+             run_dir / "learned_embeds.safetensors"]
+    for artifact, path in zip(artifacts, files):
+        (entry,) = artifact.manifest.contents
+        assert entry.path == "learned_embeds.safetensors"
+        assert entry.digest == base64.b64encode(hashlib.md5(path.read_bytes()).digest()).decode()
+        assert artifact.name == "embedding-concept" and json.loads(artifact.metadata)["placeholder"] == "<concept>"
+
+
+def test_wandb_online_without_network_falls_back_offline(tmp_path, tmp_path_factory, monkeypatch, caplog):
+    from finetune.training.run import train
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there: no network, for sure
+    cfg = compose_train(*TRACKED, "eval.enabled=false", "trainer.max_steps=1", "trainer.checkpoint_every=0",
+                        "logger=wandb", "logger.init_timeout=3", shared_data_dir(tmp_path_factory))
+    assert cfg.logger.mode == "online"
+    with caplog.at_level(logging.WARNING):
+        metrics = train(cfg, tmp_path)
+    assert any("could not start online" in r.getMessage() for r in caplog.records)
+    for name in ("learned_embeds.safetensors", "metrics.json", "report.html", "loss.png"):
+        assert (tmp_path / name).is_file(), name
+    (folder,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert OfflineRun(folder).summary["final_loss"] == pytest.approx(metrics["final_loss"])
+
+
+@pytest.fixture(scope="module")
+def tensorboard_events(tmp_path_factory):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, metrics = tensorboard_run(tmp_path_factory)
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    return metrics, events
+
+
+def _tensor_values(events, tag):
+    import tensorflow as tf
+
+    return {e.step: tf.make_ndarray(e.tensor_proto) for e in events.Tensors(tag)}
+
+
+def test_tensorboard_events_hold_the_scalars(tensorboard_events):
+    metrics, events = tensorboard_events
+    history = metrics["loss_history"]
+    loss = _tensor_values(events, "train/loss")
+    assert {s: float(v) for s, v in loss.items()} == pytest.approx(dict(zip(history["step"], history["loss"])))
+    for tag in ("train/lr", "train/grad_norm", "embedding/norm_0", "embedding/cosine_to_init_0"):
+        assert sorted(_tensor_values(events, tag)) == history["step"], tag
+    assert float(_tensor_values(events, "final/final_loss")[4]) == pytest.approx(metrics["final_loss"])
+
+
+def test_tensorboard_events_hold_the_previews(tensorboard_events):
+    metrics, events = tensorboard_events
+    previews = _tensor_values(events, "previews")
+    assert sorted(previews) == PREVIEW_STEPS
+    for value in previews.values():  # [width, height, PNG]
+        width, height, png = value
+        assert Image.open(io.BytesIO(png)).size == (int(width), int(height)) == (64, 64)
+    captions = _tensor_values(events, "previews/caption")
+    assert captions[2].item().decode() == "step 2: a photo of <concept> (seed 0)"
+    assert "final/samples/grid" in events.Tags()["tensors"]
+
+
+class _Broken(Tracker):
+    def log_scalars(self, values, step):
+        raise ConnectionError("quota exceeded")
+
+    def finish(self, metrics, pictures):
+        raise RuntimeError("server gone")
+
+
+def test_guarded_tracker_turns_failures_into_one_warning_each(caplog):
+    tracker = GuardedTracker(_Broken(), "wandb")
+    with caplog.at_level(logging.WARNING):
+        for step in range(3):
+            tracker.log_scalars({"train/loss": 1.0}, step)
+        tracker.finish({}, {})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "log_scalars failed (ConnectionError: quota exceeded)" in warnings[0] and "server gone" in warnings[1]
+
+
+def test_wandb_disabled_mode_logs_nothing_and_warns_nothing(tmp_path, caplog):
+    from finetune.evaluation.render import RenderedImage
+
+    cfg = compose_train(*TRACKED, "logger=wandb", "logger.mode=disabled")
+    embedding = tmp_path / "learned_embeds.safetensors"
+    embedding.write_bytes(b"vectors")
+    with caplog.at_level(logging.WARNING):
+        tracker = make_tracker(cfg, tmp_path)
+        tracker.log_scalars({"train/loss": 1.0}, 1)
+        tracker.log_preview(RenderedImage("a photo of <concept>", 0, np.zeros((8, 8, 3), np.uint8)), 2)
+        tracker.log_embedding(embedding, 2, {"placeholder": "<concept>"}, final=True)
+        tracker.finish({"steps": 2, "final_loss": 0.5}, {})
+    assert not caplog.records
+    assert [p.name for p in tmp_path.iterdir()] == [embedding.name]
+
+
+@pytest.mark.parametrize("override, message", [("logger.name=comet", "logger.name='comet'"),
+                                               ("logger.mode=sometimes", "logger.mode='sometimes'")])
+def test_unknown_logger_or_mode_is_a_config_error(tmp_path, override, message):
+    cfg = compose_train(*TRACKED, "logger=wandb", override)
+    with pytest.raises(ConfigError, match=message):
+        make_tracker(cfg, tmp_path)
+
+
+def test_embedding_stats():
+    initial = np.array([[1.0, 0.0], [0.0, 2.0]])
+    norms, cosines = embedding_stats(np.array([[3.0, 4.0], [0.0, -1.0]]), initial)
+    assert norms == pytest.approx([5.0, 1.0]) and cosines == pytest.approx([0.6, -1.0])
