@@ -106,7 +106,7 @@ class TokenConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 200  # optimizer updates
+    max_steps: int = 400  # optimizer updates
     batch_size: int = 4
     learning_rate: float = 5e-3
     scale_lr: bool = False  # lr x batch_size x gradient_accumulation_steps
@@ -133,7 +133,7 @@ class EvalConfig:
     negative_prompt: str = ""
     images_per_prompt: int = 2
     num_steps: int = 25
-    guidance_scale: float = 5.0
+    guidance_scale: float = 10.0
     eta: float = 0.0
     seed: int = 0
     preview_every: int = 0  # render eval.prompts[0] every N steps (0: never)
