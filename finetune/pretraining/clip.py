@@ -66,29 +66,19 @@ def contrastive_loss(text_emb, image_emb, scale, targets):
     return 0.5 * (loss_t + loss_i)
 
 
-def encode_texts(text_encoder, clip_model, tokenizer: ClipTokenizer, texts: list[str], batch_size: int = 256) -> np.ndarray:
-    out = []
-    for i in range(0, len(texts), batch_size):
-        ids = tokenizer(texts[i : i + batch_size])
-        out.append(keras.ops.convert_to_numpy(clip_model.embed_text(text_encoder(ids), ids, tokenizer.end_id)))
-    return np.concatenate(out)
-
-
-def encode_images(clip_model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    return np.concatenate([keras.ops.convert_to_numpy(clip_model(to_model_images(images[i : i + batch_size])))
-                           for i in range(0, len(images), batch_size)])
-
-
 def zero_shot_accuracy(text_encoder, clip_model, tokenizer, images: np.ndarray, scenes: list) -> dict[str, float]:
     """Zero-shot classification of each image's color, shape and background by its nearest prompt."""
     from finetune.toyworld import describe, nameable_values
 
-    image_emb = encode_images(clip_model, images)
+    from finetune.evaluation.judge import ClipJudge
+
+    judge = ClipJudge(text_encoder, clip_model, tokenizer)
+    image_emb = judge.embed_images(images)
     out = {}
     for attribute in ("color", "shape", "background"):
         values = nameable_values(attribute)
         prompts = [describe({attribute: v}) for v in values]
-        best = np.argmax(image_emb @ encode_texts(text_encoder, clip_model, tokenizer, prompts).T, axis=1)
+        best = np.argmax(image_emb @ judge.embed_texts(prompts).T, axis=1)
         truth = [s.attributes[attribute] for s in scenes]
         known = [i for i, t in enumerate(truth) if t in values]
         out[attribute] = float(np.mean([values[best[i]] == truth[i] for i in known]))

@@ -26,6 +26,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from finetune.errors import ConfigError
+from finetune.evaluation.judge import to_model_images  # noqa: F401  (the stages import it from here)
 from finetune.training.checkpoints import list_checkpoints, read_meta, restore_checkpoint, save_checkpoint
 from finetune.training.schedules import WarmupDecay
 
@@ -50,11 +51,6 @@ def batch_indices(pool_size: int, batch_size: int, step: int, seed: int, stage: 
         mask = epochs == epoch
         out[mask] = order[positions[mask] % pool_size]
     return out
-
-
-def to_model_images(images: np.ndarray) -> np.ndarray:
-    """uint8 [..., 3] -> float32 in [-1, 1] (what the VAE encoder and the CLIP image tower take)."""
-    return np.asarray(images, dtype=np.float32) / 127.5 - 1.0
 
 
 # ----------------------------------------------------------------------------- optimization
