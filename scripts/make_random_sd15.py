@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # finetune imports Keras: keep TensorFlow's notices out
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -40,7 +42,9 @@ def main() -> None:
     classes = {}
     for name, build in builders.items():
         start = time.perf_counter()
-        model = build().to(dtype)
+        model = build()
+        if dtype != torch.float32:
+            model = model.to(dtype)
         model.save_pretrained(args.out / name, safe_serialization=True)
         classes[name] = ["diffusers" if name != "text_encoder" else "transformers", type(model).__name__]
         count = sum(p.numel() for p in model.parameters())
