@@ -113,7 +113,7 @@ def test_quality_script_reproduces_its_numbers(tmp_path):
     def run(out):
         subprocess.run([sys.executable, str(ROOT / "scripts" / "quality.py"), "--samples", "4", "--out", str(out),
                         "trainer.max_steps=20", "eval.enabled=false", "trainer.checkpoint_every=0"],
-                       check=True, cwd=tmp_path, capture_output=True)
+                       check=True, cwd=ROOT, capture_output=True)
         return json.loads((out / "quality.json").read_text())["rows"]
 
     first, second = run(tmp_path / "a"), run(tmp_path / "b")
