@@ -26,3 +26,13 @@ FAST = (
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_models_after_each_module():
+    """Large models (SD v1, SD 1.5 key coverage) of one test file are garbage by the next: free them,
+    so the suite's peak memory is one file's, not the sum (a CI run was OOM-killed at 14 GB)."""
+    yield
+    import gc
+
+    gc.collect()
