@@ -125,6 +125,9 @@ class TrainerConfig:
     # tf.distribute: default | mirrored | multi_worker_mirrored; batch_size is the global batch,
     # split over the replicas (finetune/training/distribute.py).
     strategy: str = "default"
+    # Recompute UNet block activations in the backward pass instead of keeping them: less memory,
+    # about one more UNet forward per step (docs/benchmarks.md). Same result.
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -133,7 +136,7 @@ class EvalConfig:
     negative_prompt: str = ""
     images_per_prompt: int = 2
     num_steps: int = 25
-    guidance_scale: float = 10.0
+    guidance_scale: float = 5.0
     eta: float = 0.0
     seed: int = 0
     preview_every: int = 0  # render eval.prompts[0] every N steps (0: never)

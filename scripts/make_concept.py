@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Renders the bundled concept from the toy world: a large orange checkered heart on blue.
+"""Renders the bundled concept from the toy world: a large red checkered heart on white.
 
-    python scripts/make_concept.py                    # -> data/concepts/orange-checkered-heart/
+    python scripts/make_concept.py                    # -> data/concepts/red-checkered-heart/
     python scripts/make_concept.py --out /tmp/c --count 8 --seed 3
 """
 

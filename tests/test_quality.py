@@ -48,20 +48,16 @@ def test_shipped_weights_load_into_every_component():
 
 
 def test_shipped_model_text_to_image_record():
-    """pretrain.json holds the evaluation scripts/pretrain_tiny.py ran on the exported files.
-
-    The color gate of the issue (>= 80%) is met; the shape (65%) and both (60%) gates are not
-    yet (docs/tiny_model.md): these floors are the shipped model's measured values, so a
-    regression in the weights or the sampler shows here.
-    """
+    """pretrain.json holds the evaluation scripts/pretrain_tiny.py ran on the exported files:
+    the issue's text-to-image gates hold for the shipped weights (docs/tiny_model.md)."""
     from finetune.config import ASSETS_DIR
     from finetune.pretraining.evaluate import GATES
 
     summary = json.loads((ASSETS_DIR / "tiny" / "pretrain.json").read_text())
     t2i = summary["eval"]["text_to_image"]
     assert t2i["n"] == 8 * 6 * 7 and t2i["checker_errors"] == 0
-    assert t2i["color"] >= GATES["color"]
-    assert t2i["shape"] >= 0.55 and t2i["both"] >= 0.48
+    assert all(t2i[k] >= GATES[k] for k in GATES), {k: t2i[k] for k in GATES}
+    assert t2i["gates"] == {k: True for k in GATES}
     ceiling = summary["eval"]["vae_ceiling"]
     assert ceiling["color"] >= 0.95 and ceiling["shape"] >= 0.85
 
@@ -74,7 +70,7 @@ def test_judge_prefers_the_concept_to_other_scenes(concept_images, judge):
     same = clip_i(judge.embed_images(concept_images), judge.embed_images(concept_images))
     different = clip_i(judge.embed_images(concept_images), judge.embed_images(others))
     assert same > different + 0.2, (same, different)
-    texts = judge.embed_texts(["an orange heart on a blue background", "a green star on a white background"])
+    texts = judge.embed_texts(["a red heart on a white background", "a green star on a blue background"])
     image = judge.embed_images(concept_images).mean(axis=0)
     assert texts[0] @ image > texts[1] @ image
 
@@ -83,9 +79,9 @@ def test_oracle_prompts_name_every_nameable_attribute_and_each_edit():
     from finetune.evaluation.quality import oracle_prompts
 
     concept, edits = oracle_prompts(ATTRIBUTES, ["pattern"])
-    assert concept == "a photo of a large orange heart in the center on a blue background"
-    assert edits == ["a large orange heart in the center on a green background",
-                     "a small orange heart in the center on a blue background"]
+    assert concept == "a photo of a large red heart in the center on a white background"
+    assert edits == ["a large red heart in the center on a green background",
+                     "a small red heart in the center on a white background"]
 
 
 def test_training_on_the_bundled_concept_lowers_the_loss_and_raises_the_attribute_score(tmp_path):
@@ -97,14 +93,14 @@ def test_training_on_the_bundled_concept_lowers_the_loss_and_raises_the_attribut
     losses = metrics["loss_history"]["loss"]
     assert np.mean(losses[-20:]) < np.mean(losses[:20])
     after = metrics["quality"]["all"]
-    assert after["attribute_score"] >= 0.5, after
+    assert after["attribute_score"] >= 0.4, after
     assert after["clip_i"] > 0.5 and "clip_t" in after
 
     before_cfg = compose_train(f"data.concept_dir={CONCEPT}", "eval.prompts=[\"a photo of {}\"]",
                                "eval.images_per_prompt=8", "trainer.max_steps=1", "trainer.learning_rate=1e-9",
                                "trainer.checkpoint_every=0")
     before = train(before_cfg, tmp_path / "before")["quality"]["all"]
-    assert before["attribute_score"] <= 0.2 < after["attribute_score"], (before, after)
+    assert before["attribute_score"] <= 0.1 < after["attribute_score"], (before, after)
     assert after["clip_i"] > before["clip_i"]
 
 

@@ -155,3 +155,27 @@ def test_mixed_precision_trains_float32_vectors(tmp_path, precision):
     _, vectors, _ = load_diffusers_embedding(tmp_path / "learned_embeds.safetensors")
     assert vectors.dtype == np.float32 and np.all(np.isfinite(vectors))
     assert np.isfinite(metrics["final_loss"])
+
+
+def test_gradient_checkpointing_gives_the_same_steps(monkeypatch):
+    """Rematerialized UNet blocks: same losses and vectors as keeping the activations."""
+    wrapped = []
+    remat = keras.remat
+    monkeypatch.setattr(keras, "remat", lambda f: (wrapped.append(f), remat(f))[1])
+    results = []
+    for checkpointing in (False, True):
+        cfg = compose_train(*FAST, "trainer.learning_rate=0.05")
+        tuner, _, unet = build_tuner(cfg, latent_hw=8, rng=np.random.default_rng(0))
+        unet.gradient_checkpointing = checkpointing
+        start = keras.ops.convert_to_numpy(tuner.learned_vectors)
+        history = tuner.fit(batches(3, cfg.trainer.batch_size), epochs=1, verbose=0, shuffle=False)
+        results.append((history.history["loss"], keras.ops.convert_to_numpy(tuner.learned_vectors)))
+        if not checkpointing:
+            assert not wrapped
+    spec = get_preset("tiny").unet
+    blocks = len(spec.block_channels) * (2 * spec.layers_per_block + 1) + 3 + sum(spec.attention) * (2 * spec.layers_per_block + 1)
+    assert wrapped and len(wrapped) % blocks == 0  # every ResBlock and transformer, at each trace of the step
+    (loss_a, vec_a), (loss_b, vec_b) = results
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
+    np.testing.assert_allclose(vec_b, vec_a, atol=1e-5)
+    assert np.abs(vec_a - start).max() > 1e-2  # the steps moved the vectors

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from finetune.evaluation.render import PromptRenderer, expand_prompt
-from finetune.evaluation.scores import concept_attributes, measure_images, score_images
+from finetune.evaluation.scores import measure_images, read_concept, score_images
 from finetune.sampling import SamplerSettings
 
 CONCEPT_PROMPT = "a photo of {}"
@@ -82,8 +82,6 @@ def quality_row(
 
 def run_quality(cfg, run_dir: str | Path, samples: int = 32, seed: int = 1000, progress: bool = True) -> list[QualityRow]:
     """Train `cfg` (a TrainConfig on a toy-world concept) into `run_dir`, then score the four rows."""
-    import json
-
     from finetune.errors import ConfigError
     from finetune.evaluation.judge import load_judge
     from finetune.evaluation.stage import reference_images
@@ -91,11 +89,11 @@ def run_quality(cfg, run_dir: str | Path, samples: int = 32, seed: int = 1000, p
     from finetune.models import load_component
     from finetune.training.run import initializer_ids, make_tokenizer, train
 
-    target = concept_attributes(cfg.data.concept_dir)
+    meta = read_concept(cfg.data.concept_dir) or {}
+    target = meta.get("toyworld_attributes")
     if target is None:
         raise ConfigError(f"data.concept_dir={cfg.data.concept_dir}: no concept.json with toyworld_attributes; "
                           "the quality benchmark needs a toy-world concept (scripts/make_concept.py)")
-    meta = json.loads((Path(cfg.data.concept_dir) / "concept.json").read_text())
     judge = load_judge(cfg.model)
     if judge is None:
         raise ConfigError(f"model={cfg.model.preset}: model.judge is not set; the quality benchmark needs a CLIP judge")

@@ -18,17 +18,25 @@ from finetune.evaluation.metrics import attribute_score, clip_i, clip_t, per_att
 CONCEPT_FILE = "concept.json"
 
 
-def concept_attributes(concept_dir: str | Path | None) -> dict | None:
-    """The toy-world attributes in `concept_dir/concept.json`, or None (no file, or not a toy-world concept)."""
+def read_concept(concept_dir: str | Path | None) -> dict | None:
+    """`concept_dir/concept.json` as a dict, or None when there is no such file."""
     if concept_dir is None:
         return None
     path = Path(concept_dir) / CONCEPT_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text()).get("toyworld_attributes")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise DataError(f"{path}: not a JSON object ({e}); fix or delete it") from e
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e}); fix or delete it") from e
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: not a JSON object; fix or delete it")
+    return meta
+
+
+def concept_attributes(concept_dir: str | Path | None) -> dict | None:
+    """The toy-world attributes in `concept_dir/concept.json`, or None (no file, or not a toy-world concept)."""
+    return (read_concept(concept_dir) or {}).get("toyworld_attributes")
 
 
 def measure_images(images: np.ndarray) -> list[dict]:

@@ -24,6 +24,9 @@ class UNet(keras.Model):
     def __init__(self, spec: UNetSpec, name: str = "unet", **kwargs):
         super().__init__(name=name, **kwargs)
         self.spec = spec
+        # True: keep only each ResBlock's and transformer's inputs for the backward pass and recompute
+        # the rest (less activation memory, one more forward of those blocks per step).
+        self.gradient_checkpointing = False
         s = spec
         res = lambda ch, name: ResBlock(ch, s.norm_groups, s.norm_epsilon, time_conditioned=True, name=name)  # noqa: E731
         attn = lambda ch, name: SpatialTransformer(  # noqa: E731
@@ -68,6 +71,12 @@ class UNet(keras.Model):
         size = 2 ** len(s.block_channels)
         self(ops.zeros((1, size, size, s.latent_channels)), ops.zeros((1,)), ops.zeros((1, 1, s.context_dim)))
 
+    def _run(self, block, x, cond):
+        """`block([x, cond])`, rematerialized in the backward pass when gradient checkpointing is on."""
+        if self.gradient_checkpointing:
+            return keras.remat(lambda a, b: block([a, b]))(x, cond)
+        return block([x, cond])
+
     def call(self, latents, timesteps, context):
         t = timestep_embedding(timesteps, self.spec.block_channels[0], self.spec.max_period)
         t = self.time_dense2(ops.silu(self.time_dense1(t)))
@@ -76,21 +85,21 @@ class UNet(keras.Model):
         skips = [x]
         for blocks, downsample in zip(self.down_levels, self.downsamplers):
             for resblock, transformer in blocks:
-                x = resblock([x, t])
+                x = self._run(resblock, x, t)
                 if transformer is not None:
-                    x = transformer([x, context])
+                    x = self._run(transformer, x, context)
                 skips.append(x)
             if downsample is not None:
                 x = downsample(x)
                 skips.append(x)
 
-        x = self.mid_res2([self.mid_attn([self.mid_res1([x, t]), context]), t])
+        x = self._run(self.mid_res2, self._run(self.mid_attn, self._run(self.mid_res1, x, t), context), t)
 
         for blocks, upsample in zip(self.up_levels, self.upsamplers):
             for resblock, transformer in blocks:
-                x = resblock([ops.concatenate([x, skips.pop()], axis=-1), t])
+                x = self._run(resblock, ops.concatenate([x, skips.pop()], axis=-1), t)
                 if transformer is not None:
-                    x = transformer([x, context])
+                    x = self._run(transformer, x, context)
             if upsample is not None:
                 x = upsample(x)
 

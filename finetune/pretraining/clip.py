@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from finetune.evaluation.judge import to_model_images
 from finetune.models.clip_image import ClipImageModel, get_clip_image_spec
 from finetune.models.presets import Preset
 from finetune.models.text_encoder import TextEncoder
@@ -27,7 +28,6 @@ from finetune.pretraining.common import (
     resume_point,
     run_steps,
     step_rng,
-    to_model_images,
     watched_gradients,
 )
 from finetune.tokens.tokenizer import ClipTokenizer

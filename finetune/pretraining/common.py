@@ -26,7 +26,6 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from finetune.errors import ConfigError
-from finetune.evaluation.judge import to_model_images  # noqa: F401  (the stages import it from here)
 from finetune.training.checkpoints import list_checkpoints, read_meta, restore_checkpoint, save_checkpoint
 from finetune.training.schedules import WarmupDecay
 

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from finetune.diffusion.schedule import NoiseSchedule
+from finetune.evaluation.judge import to_model_images
 from finetune.models.presets import Preset
 from finetune.models.unet import UNet
 from finetune.pretraining.common import (
@@ -36,7 +37,6 @@ from finetune.pretraining.common import (
     resume_point,
     run_steps,
     step_rng,
-    to_model_images,
     watched_gradients,
 )
 from finetune.tokens.tokenizer import ClipTokenizer

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from finetune.evaluation.judge import to_model_images
 from finetune.models.presets import Preset
 from finetune.models.vae import VAEDecoder, VAEEncoder
 from finetune.pretraining.common import (
@@ -34,7 +35,6 @@ from finetune.pretraining.common import (
     resume_point,
     run_steps,
     step_rng,
-    to_model_images,
     watched_gradients,
 )
 

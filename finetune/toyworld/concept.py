@@ -10,17 +10,17 @@ from finetune.toyworld.attributes import is_nameable
 from finetune.toyworld.captions import describe
 from finetune.toyworld.render import Scene
 
-NAME = "orange-checkered-heart"
+NAME = "red-checkered-heart"
 ATTRIBUTES = {
     "shape": "heart",
-    "color": "orange",
+    "color": "red",
     "size": "large",
     "position": "center",
-    "background": "blue",
+    "background": "white",
     "pattern": "checkered",  # never named in any caption
 }
 # What a text prompt can say about it (the "oracle" prompt of the quality benchmark):
-# "a large orange heart in the center on a blue background".
+# "a large red heart in the center on a white background".
 ORACLE_PROMPT = describe({a: v for a, v in ATTRIBUTES.items() if is_nameable(a, v)})
 
 

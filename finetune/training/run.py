@@ -48,7 +48,7 @@ def fingerprint(cfg) -> str:
     """Hash of everything that decides the learned vectors (not max_steps, resume or eval)."""
     keep = {k: OmegaConf.to_container(OmegaConf.structured(getattr(cfg, k))) for k in ("model", "data", "token")}
     trainer = OmegaConf.to_container(OmegaConf.structured(cfg.trainer))
-    for k in ("max_steps", "resume", "checkpoint_every", "keep_checkpoints", "strategy"):
+    for k in ("max_steps", "resume", "checkpoint_every", "keep_checkpoints", "strategy", "gradient_checkpointing"):
         trainer.pop(k)
     blob = json.dumps({**keep, "trainer": trainer, "seed": cfg.seed}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -120,6 +120,7 @@ def build_tuner(cfg, moments: np.ndarray, caption_tokens: np.ndarray, init_ids: 
         initial_vectors = text_encoder.token_embedding.initial_vectors(init_ids, cfg.seed)
         text_encoder.token_embedding.set_learned_vectors(initial_vectors)
         unet = load_component(cfg.model, "unet")
+        unet.gradient_checkpointing = cfg.trainer.gradient_checkpointing
         tuner = StableDiffusionFineTuner(
             text_encoder, unet, moments, caption_tokens, NoiseSchedule(), get_preset(cfg.model.preset).vae.scaling_factor,
             seed=cfg.seed,
