@@ -58,5 +58,7 @@ def test_mirrored_on_two_cpu_devices_equals_one_device(tmp_path):
     assert (one["replicas"], two["replicas"]) == (1, 2)
     single, mirrored = np.array(one["vectors"]), np.array(two["vectors"])
     # The vectors moved (3 clipped steps of lr 0.05), and both runs moved them the same way.
-    assert np.abs(single - mirrored).max() <= 1e-5 * np.abs(single).max()
+    # Float32 tolerance: the replicas sum the gradient in another order, and Adam's normalized
+    # step turns a relative gradient difference e into an absolute vector difference ~lr * e.
+    assert np.abs(single - mirrored).max() <= 5e-5 * np.abs(single).max()
     assert not np.allclose(np.linalg.norm(single, axis=1), one["initial_norms"], rtol=0, atol=1e-4)
