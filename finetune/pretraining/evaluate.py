@@ -51,7 +51,8 @@ def text_to_image_accuracy(
     rendered = renderer.render([p for p, _, _ in prompts], settings, samples_per_prompt, progress=progress)
     targets = {p: (c, s) for p, c, s in prompts}
     rows = []
-    for item, m in zip(rendered, measure_images(np.stack([item.image for item in rendered]))):
+    images = np.stack([item.image for item in rendered])
+    for item, m in zip(rendered, measure_images(images)):
         color, shape = targets[item.prompt]
         rows.append({"prompt": item.prompt, "seed": item.seed, "color": color, "shape": shape,
                      "measured": m, "color_ok": m.get("color") == color, "shape_ok": m.get("shape") == shape})
@@ -66,7 +67,7 @@ def text_to_image_accuracy(
     summary["gates"] = {k: bool(summary[k] >= v) for k, v in GATES.items()}
     summary["settings"] = {"samples_per_prompt": samples_per_prompt, "guidance_scale": guidance_scale,
                            "num_steps": num_steps, "seed": seed, "prompts": len(prompts)}
-    return summary, rows, np.stack([item.image for item in rendered])
+    return summary, rows, images
 
 
 def vae_round_trip_accuracy(vae_encoder, vae_decoder, count: int = 512, seed: int = 10_000,
