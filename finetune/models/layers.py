@@ -71,6 +71,19 @@ def timestep_embedding(timesteps, dim: int, max_period: float):
     return ops.concatenate([ops.cos(args), ops.sin(args)], axis=-1)
 
 
+class BuildsOnFirstCall:
+    """Mixin for a layer made of sublayers, which create their weights when it is first called.
+
+    Without a `build()` of its own, Keras builds such a layer by first tracing its `call()`
+    symbolically, and every composite layer inside it again at each nesting level: seconds per
+    model. This build does nothing; the first real call builds the sublayers (the models call
+    themselves once on zeros in `__init__`, so every weight exists right after construction).
+    """
+
+    def build(self, input_shape=None):
+        pass
+
+
 class ResBlock(layers.Layer):
     """GroupNorm-swish-conv twice, an optional timestep projection between, a 1x1 skip when widths differ."""
 
@@ -98,7 +111,7 @@ class ResBlock(layers.Layer):
         return h + (self.skip(x) if self.skip is not None else x)
 
 
-class Attention(layers.Layer):
+class Attention(BuildsOnFirstCall, layers.Layer):
     """Multi-head attention over [B, T, C] sequences (self-attention when `context` is None)."""
 
     def __init__(self, num_heads: int, head_dim: int, qkv_bias: bool, causal: bool = False, **kwargs):
@@ -122,7 +135,7 @@ class Attention(layers.Layer):
         return self.to_out(ops.reshape(out, (shape[0], shape[1], self.num_heads * self.head_dim)))
 
 
-class GEGLUFeedForward(layers.Layer):
+class GEGLUFeedForward(BuildsOnFirstCall, layers.Layer):
     """Dense to 2 x 4C, gate one half with GELU of the other, Dense back to C."""
 
     def __init__(self, channels: int, gelu: str, **kwargs):
@@ -139,7 +152,7 @@ class GEGLUFeedForward(layers.Layer):
         return self.proj_out(h * ops.gelu(gate, approximate=self.approximate))
 
 
-class SpatialTransformer(layers.Layer):
+class SpatialTransformer(BuildsOnFirstCall, layers.Layer):
     """GroupNorm, 1x1 in, one transformer block (self-attn, cross-attn on the text, GEGLU), 1x1 out, residual."""
 
     def __init__(self, channels: int, num_heads: int, groups: int, epsilon: float, gelu: str,
@@ -168,7 +181,7 @@ class SpatialTransformer(layers.Layer):
         return self.proj_out(h) + x
 
 
-class VAEAttention(layers.Layer):
+class VAEAttention(BuildsOnFirstCall, layers.Layer):
     """Single-head self-attention over all pixels, used in the VAE's middle blocks."""
 
     def __init__(self, channels: int, groups: int, epsilon: float, **kwargs):
@@ -188,7 +201,7 @@ class VAEAttention(layers.Layer):
         return self.to_out(ops.reshape(out, shape)) + x
 
 
-class Downsample(layers.Layer):
+class Downsample(BuildsOnFirstCall, layers.Layer):
     """Stride-2 3x3 convolution after explicit zero padding (`pad` as ZeroPadding2D takes it)."""
 
     def __init__(self, channels: int, pad, **kwargs):
@@ -200,7 +213,7 @@ class Downsample(layers.Layer):
         return self.conv(self.pad(x))
 
 
-class Upsample(layers.Layer):
+class Upsample(BuildsOnFirstCall, layers.Layer):
     """Nearest-neighbour 2x upsampling, then a 3x3 convolution."""
 
     def __init__(self, channels: int, **kwargs):

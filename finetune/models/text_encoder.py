@@ -5,12 +5,12 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from finetune.models.layers import ACTIVATIONS, Attention, flat_weights
+from finetune.models.layers import ACTIVATIONS, Attention, BuildsOnFirstCall, flat_weights
 from finetune.models.presets import TextEncoderSpec
 from finetune.tokens.embedding import PlaceholderEmbedding
 
 
-class CLIPEncoderLayer(layers.Layer):
+class CLIPEncoderLayer(BuildsOnFirstCall, layers.Layer):
     def __init__(self, spec: TextEncoderSpec, **kwargs):
         super().__init__(**kwargs)
         self.activation = ACTIVATIONS[spec.activation]
@@ -25,7 +25,7 @@ class CLIPEncoderLayer(layers.Layer):
         return x + self.fc2(self.activation(self.fc1(self.norm2(x))))
 
 
-class TextEncoder(keras.Model):
+class TextEncoder(BuildsOnFirstCall, keras.Model):
     """token ids [B, L] -> hidden states [B, L, width] (after the final LayerNorm, as SD v1 uses them)."""
 
     def __init__(self, spec: TextEncoderSpec, num_placeholder_vectors: int = 0, name: str = "text_encoder", **kwargs):

@@ -6,6 +6,7 @@ import keras
 from keras import layers, ops
 
 from finetune.models.layers import (
+    BuildsOnFirstCall,
     Downsample,
     ResBlock,
     SpatialTransformer,
@@ -18,7 +19,7 @@ from finetune.models.layers import (
 from finetune.models.presets import UNetSpec
 
 
-class UNet(keras.Model):
+class UNet(BuildsOnFirstCall, keras.Model):
     """(noisy latents [B,h,w,c], timesteps [B], text context [B,L,D]) -> predicted noise [B,h,w,c]."""
 
     def __init__(self, spec: UNetSpec, name: str = "unet", **kwargs):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from finetune.models.layers import Downsample, ResBlock, Upsample, VAEAttention, conv, flat_weights, group_norm
+from finetune.models.layers import BuildsOnFirstCall, Downsample, ResBlock, Upsample, VAEAttention, conv, flat_weights, group_norm
 from finetune.models.presets import VAESpec
 
 # CompVis/diffusers clamp the posterior log-variance to this range.
@@ -30,7 +30,7 @@ def _middle(spec: VAESpec, name: str) -> list:
     ]
 
 
-class VAEEncoder(keras.Model):
+class VAEEncoder(BuildsOnFirstCall, keras.Model):
     """images [B,H,W,3] in [-1, 1] -> (mean, logvar), each [B, H/f, W/f, latent_channels]."""
 
     def __init__(self, spec: VAESpec, name: str = "vae_encoder", **kwargs):
@@ -63,7 +63,7 @@ class VAEEncoder(keras.Model):
         return [flat_weights(b) for b in self.blocks + [self.norm_out, self.conv_out, self.quant_conv]]
 
 
-class VAEDecoder(keras.Model):
+class VAEDecoder(BuildsOnFirstCall, keras.Model):
     """scaled latents [B,h,w,c] -> images [B, h*f, w*f, 3] in about [-1, 1]."""
 
     def __init__(self, spec: VAESpec, name: str = "vae_decoder", **kwargs):
