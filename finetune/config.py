@@ -110,7 +110,7 @@ class TrainerConfig:
     batch_size: int = 4
     learning_rate: float = 5e-3
     scale_lr: bool = False  # lr x batch_size x gradient_accumulation_steps
-    lr_schedule: str = "constant"  # constant | linear | cosine
+    lr_schedule: str = "cosine"  # constant | linear | cosine
     warmup_steps: int = 0
     weight_decay: float = 0.0
     adam_beta1: float = 0.9

@@ -23,6 +23,15 @@ FAST = (
 )
 
 
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (`-n 2 --dist loadgroup`, the default addopts) the `slow` tests, which
+    build the real SD v1 architecture (several GB each), all run in one worker, one at a time,
+    so two of them never hold memory at once; the others share both workers."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("sd_v1"))
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

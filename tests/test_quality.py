@@ -93,7 +93,7 @@ def test_training_on_the_bundled_concept_lowers_the_loss_and_raises_the_attribut
     losses = metrics["loss_history"]["loss"]
     assert np.mean(losses[-20:]) < np.mean(losses[:20])
     after = metrics["quality"]["all"]
-    assert after["attribute_score"] >= 0.4, after
+    assert after["attribute_score"] >= 0.7, after  # the gate (docs/quality.md)
     assert after["clip_i"] > 0.5 and "clip_t" in after
 
     before_cfg = compose_train(f"data.concept_dir={CONCEPT}", "eval.prompts=[\"a photo of {}\"]",
