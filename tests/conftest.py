@@ -39,9 +39,18 @@ def rng():
 
 @pytest.fixture(autouse=True, scope="module")
 def _free_models_after_each_module():
-    """Large models (SD v1, SD 1.5 key coverage) of one test file are garbage by the next: free them,
-    so the suite's peak memory is one file's, not the sum (a CI run was OOM-killed at 14 GB)."""
+    """Large models (SD v1, SD 1.5 key coverage) of one test file are garbage by the next: free them
+    and hand the freed heap back to the OS, so a worker's memory is one file's, not the sum of all
+    it ran (a CI run was OOM-killed at 14 GB; two xdist workers share the machine's 24 GB)."""
     yield
+    import ctypes
     import gc
 
+    import keras
+
+    keras.backend.clear_session()
     gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass

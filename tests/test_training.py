@@ -1,5 +1,7 @@
 """The trainer: what it changes, what it never changes, determinism and resume."""
 
+import hashlib
+
 import keras
 import numpy as np
 import pytest
@@ -16,7 +18,9 @@ from tests.conftest import FAST, compose_train
 
 
 def snapshot(model):
-    return {w.path: np.array(keras.ops.convert_to_numpy(w)) for w in model.weights}
+    """A digest of every weight's bytes (not copies: the SD v1 UNet's weights are 3.4 GB)."""
+    return {w.path: hashlib.blake2b(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes()).hexdigest()
+            for w in model.weights}
 
 
 def build_tuner(cfg, latent_hw: int, rng, num_variants=3, num_captions=2):
@@ -47,11 +51,9 @@ def check_only_vectors_change(cfg, latent_hw, rng, steps=2):
     history = tuner.fit(batches(steps, cfg.trainer.batch_size), epochs=1, verbose=0, shuffle=False)
     assert np.all(np.isfinite(history.history["loss"]))
     after_text, after_unet = snapshot(text_encoder), snapshot(unet)
-    changed = [k for k in before_text if not np.array_equal(before_text[k], after_text[k])]
+    changed = [k for k in before_text if before_text[k] != after_text[k]]  # bitwise, the table included
     assert changed == ["text_encoder/token_embedding/learned_vectors"]
-    assert all(np.array_equal(before_unet[k], after_unet[k]) for k in before_unet)
-    table = "text_encoder/token_embedding/table"
-    assert before_text[table].tobytes() == after_text[table].tobytes()  # bitwise
+    assert before_unet == after_unet
     assert [v.path for v in tuner.trainable_variables] == ["text_encoder/token_embedding/learned_vectors"]
     return tuner
 
