@@ -63,10 +63,10 @@ def test_frozen_weights_in_bfloat16_vectors_and_optimizer_in_float32(rng):
         tuner.fit(batches(2, 2), epochs=1, verbose=0, shuffle=False)
         assert {v.dtype for v in tuner.optimizer.variables if v.shape == tuner.learned_vectors.shape} == {"float32"}
         after_text = snapshot(text_encoder)
-        assert [k for k in before_text if not np.array_equal(before_text[k], after_text[k])] == [
+        assert [k for k in before_text if before_text[k] != after_text[k]] == [
             "text_encoder/token_embedding/learned_vectors"]
-        assert all(np.array_equal(v, snapshot(unet)[k]) for k, v in before_unet.items())
-        assert np.all(np.isfinite(after_text["text_encoder/token_embedding/learned_vectors"]))
+        assert snapshot(unet) == before_unet
+        assert np.all(np.isfinite(keras.ops.convert_to_numpy(tuner.learned_vectors)))
     finally:
         keras.config.set_dtype_policy("float32")
 
