@@ -10,7 +10,16 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from finetune.models.layers import BuildsOnFirstCall, Downsample, ResBlock, Upsample, VAEAttention, conv, flat_weights, group_norm
+from finetune.models.layers import (
+    BuildsOnFirstCall,
+    Downsample,
+    ResBlock,
+    Upsample,
+    VAEAttention,
+    conv,
+    flat_weights,
+    group_norm,
+)
 from finetune.models.presets import VAESpec
 
 # CompVis/diffusers clamp the posterior log-variance to this range.
