@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from tests.conftest import CONCEPT, ROOT
 
@@ -62,3 +63,13 @@ def test_mirrored_on_two_cpu_devices_equals_one_device(tmp_path):
     # step turns a relative gradient difference e into an absolute vector difference ~lr * e.
     assert np.abs(single - mirrored).max() <= 5e-5 * np.abs(single).max()
     assert not np.allclose(np.linalg.norm(single, axis=1), one["initial_norms"], rtol=0, atol=1e-4)
+
+
+def test_multi_worker_strategy_fails_before_any_work_with_a_clear_error():
+    from finetune.config import compose_config
+    from finetune.errors import ConfigError
+    from finetune.training.distribute import make_strategy
+
+    cfg = compose_config("train", ["trainer.strategy=multi_worker_mirrored"])
+    with pytest.raises(ConfigError, match="multi_worker_mirrored does not work yet.*trainer.strategy=mirrored"):
+        make_strategy(cfg.trainer.strategy)

@@ -3,8 +3,8 @@
     default                one device (TensorFlow's default strategy)
     mirrored               tf.distribute.MirroredStrategy over this host's GPUs, or over its
                            logical CPU devices when it has no GPU
-    multi_worker_mirrored  tf.distribute.MultiWorkerMirroredStrategy: several hosts, each told
-                           its role by the TF_CONFIG environment variable
+    multi_worker_mirrored  tf.distribute.MultiWorkerMirroredStrategy over several hosts: not working
+                           yet, a clear error (see make_strategy)
 
 `trainer.batch_size` is the global batch: Keras splits every batch of the dataset evenly over
 the replicas, in order (replica r of R gets rows [r*b/R, (r+1)*b/R)). Two things make R replicas
@@ -34,7 +34,13 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multi_worker_mirrored":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # Measured with two local workers (TF_CONFIG on localhost, Keras 3.15, TF 2.21): the strategy
+        # starts and splits the global batch, then Keras' fit fails converting the per-replica batch
+        # dict of our train step to a tensor. Fail before any work rather than deep inside fit.
+        raise ConfigError(
+            "trainer.strategy=multi_worker_mirrored does not work yet (Keras' fit fails on the per-replica "
+            "batch; docs/benchmarks.md, 'Scaling out'); use trainer.strategy=mirrored for the devices of one host"
+        )
     raise ConfigError(f"trainer.strategy={name!r}; choose one of {list(STRATEGIES)}")
 
 

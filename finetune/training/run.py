@@ -110,10 +110,11 @@ def validate(cfg) -> None:
         raise ConfigError(f"data.resolution={cfg.data.resolution} must be a multiple of the model's total downsampling")
 
 
-def build_tuner(cfg, moments: np.ndarray, caption_tokens: np.ndarray, init_ids: list[int]):
+def build_tuner(cfg, moments: np.ndarray, caption_tokens: np.ndarray, init_ids: list[int],
+                strategy: tf.distribute.Strategy | None = None):
     """Text encoder (learned vectors at their start values) + UNet + the compiled trainer, built in
-    the scope of `trainer.strategy`. Returns the trainer and the start vectors."""
-    strategy = make_strategy(cfg.trainer.strategy)
+    the scope of `strategy` (default: `trainer.strategy`, made now). Returns the trainer and the start vectors."""
+    strategy = strategy or make_strategy(cfg.trainer.strategy)
     check_trainer(cfg.trainer, strategy)
     with strategy.scope():
         text_encoder = load_component(cfg.model, "text_encoder", num_placeholder_vectors=cfg.token.num_vectors)
@@ -144,6 +145,8 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     preset = get_preset(cfg.model.preset)
     needed = ["text_encoder", "unet", "vae_encoder"] + (["vae_decoder"] if cfg.eval.enabled else [])
     require_weight_files(cfg.model, needed)
+    # Before any TensorFlow op: MultiWorkerMirroredStrategy configures collective ops at startup.
+    strategy = make_strategy(cfg.trainer.strategy)
     tf.config.experimental.enable_op_determinism()
 
     tokenizer, placeholder_ids = make_tokenizer(cfg.token, preset.text_encoder.max_length)
@@ -161,7 +164,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     del vae_encoder
     gc.collect()
 
-    tuner, initial_vectors = build_tuner(cfg, moments, caption_tokens, init_ids)
+    tuner, initial_vectors = build_tuner(cfg, moments, caption_tokens, init_ids, strategy)
     text_encoder, unet = tuner.text_encoder, tuner.unet
 
     accumulation = cfg.trainer.gradient_accumulation_steps
