@@ -122,7 +122,7 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     resume: Optional[str] = None  # null | auto | path to a checkpoint or run folder
     encode_batch_size: int = 8
-    # tf.distribute: default | mirrored (multi_worker_mirrored: not working yet); batch_size is the global batch,
+    # tf.distribute: default | mirrored | multi_worker_mirrored (needs TF_CONFIG); batch_size is the global batch,
     # split over the replicas (finetune/training/distribute.py).
     strategy: str = "default"
     # Recompute UNet block activations in the backward pass instead of keeping them: less memory,

@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from finetune.data import builder as builder_lib  # noqa: E402
 from finetune.data.builder import ConceptImagesConfig, prepare_concept  # noqa: E402
 from finetune.data.images import find_images, load_image  # noqa: E402
-from finetune.data.pipeline import ConceptExamples, load_concept, training_dataset  # noqa: E402
+from finetune.data.pipeline import CAPTION, VARIANT, ConceptExamples, load_concept, training_dataset  # noqa: E402
 from finetune.data.templates import (  # noqa: E402
     OBJECT_TEMPLATES,
     STYLE_TEMPLATES,
@@ -375,16 +375,13 @@ def test_training_dataset_deterministic_and_consistent():
     other = batches(examples, 6, seed=8)
     assert len(first) == 20
     for a, b in zip(first, second):
-        np.testing.assert_array_equal(a["variant"], b["variant"])
-        np.testing.assert_array_equal(a["caption"], b["caption"])
-    assert any(not np.array_equal(a["caption"], b["caption"]) or not np.array_equal(a["variant"], b["variant"])
-               for a, b in zip(first, other))
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other))
     seen_variants = set()
     for batch in first:
-        assert batch["variant"].shape == (6,) and batch["caption"].shape == (6,)
-        assert batch["variant"].dtype == np.int32 and batch["caption"].dtype == np.int32
-        np.testing.assert_array_equal(examples.variant_source[batch["variant"]], caption_source[batch["caption"]])
-        seen_variants.update(batch["variant"].tolist())
+        assert batch.shape == (6, 2) and batch.dtype == np.int32
+        np.testing.assert_array_equal(examples.variant_source[batch[:, VARIANT]], caption_source[batch[:, CAPTION]])
+        seen_variants.update(batch[:, VARIANT].tolist())
     assert seen_variants == set(range(len(examples.variant_source)))  # every variant gets picked
 
 
@@ -392,12 +389,12 @@ def test_training_dataset_epochs_are_permutations():
     examples = synthetic_examples()  # 18 pairs
     expected = sorted(examples.pairs[:, 1].tolist())
     stream = batches(examples, 6, seed=3, n=9)  # three epochs
-    epochs = [np.concatenate([b["caption"] for b in stream[i : i + 3]]) for i in range(0, 9, 3)]
+    epochs = [np.concatenate([b[:, CAPTION] for b in stream[i : i + 3]]) for i in range(0, 9, 3)]
     for epoch in epochs:
         assert sorted(epoch.tolist()) == expected
     assert not np.array_equal(epochs[0], epochs[1])  # reshuffled every epoch
     odd = batches(examples, 7, seed=3, n=5)  # batches run across epoch boundaries
-    assert all(b["caption"].shape == (7,) for b in odd)
+    assert all(b.shape == (7, 2) for b in odd)
 
 
 def test_training_dataset_from_load_concept(tmp_path, data_dir):
@@ -406,7 +403,7 @@ def test_training_dataset_from_load_concept(tmp_path, data_dir):
                             repeats=3, data_dir=data_dir)
     caption_source = np.array([0 if c.endswith("first") else 1 for c in examples.captions])
     for batch in batches(examples, 4, seed=0, n=10):
-        np.testing.assert_array_equal(examples.variant_source[batch["variant"]], caption_source[batch["caption"]])
+        np.testing.assert_array_equal(examples.variant_source[batch[:, VARIANT]], caption_source[batch[:, CAPTION]])
     with pytest.raises(ConfigError, match="batch_size"):
         training_dataset(examples, 0, seed=0)
 

@@ -1,10 +1,13 @@
-"""trainer.strategy=mirrored on 2 logical CPU devices learns the vectors a one-device run learns.
+"""Several replicas learn the vectors a one-device run learns from the same global batch.
 
-The CPU is split into two logical devices before TensorFlow initializes its devices, so the
-runs happen in a fresh Python process.
+trainer.strategy=mirrored: the CPU is split into two logical devices before TensorFlow
+initializes its devices, so the runs happen in a fresh Python process.
+trainer.strategy=multi_worker_mirrored: two local worker processes form the cluster.
 """
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -17,7 +20,7 @@ from tests.conftest import CONCEPT, ROOT
 SCRIPT = textwrap.dedent(
     """
     import json, sys
-    import keras, numpy as np, tensorflow as tf
+    import numpy as np, tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -26,18 +29,13 @@ SCRIPT = textwrap.dedent(
     from finetune.export.diffusers_format import load_diffusers_embedding
     from finetune.training.run import train
 
-    class Replicas(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.count = self.model.distribute_strategy.num_replicas_in_sync
-
     out_dir, concept, *overrides = sys.argv[1:]
     result = {}
     for strategy in ("default", "mirrored"):
         cfg = compose_config("train", [*overrides, f"data.concept_dir={concept}", f"trainer.strategy={strategy}"])
-        replicas = Replicas()
-        metrics = train(cfg, f"{out_dir}/{strategy}", extra_callbacks=[replicas])
+        metrics = train(cfg, f"{out_dir}/{strategy}")
         _, vectors, _ = load_diffusers_embedding(f"{out_dir}/{strategy}/learned_embeds.safetensors")
-        result[strategy] = {"replicas": replicas.count, "vectors": vectors.tolist(),
+        result[strategy] = {"replicas": metrics["replicas"], "vectors": vectors.tolist(),
                             "initial_norms": metrics["initial_vector_norms"]}
     print("RESULT " + json.dumps(result))
     """
@@ -65,11 +63,66 @@ def test_mirrored_on_two_cpu_devices_equals_one_device(tmp_path):
     assert not np.allclose(np.linalg.norm(single, axis=1), one["initial_norms"], rtol=0, atol=1e-4)
 
 
-def test_multi_worker_strategy_fails_before_any_work_with_a_clear_error():
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_multi_worker_on_two_local_processes_equals_one_device(tmp_path):
+    """Two `python -m finetune.train` processes on this host form a MultiWorkerMirroredStrategy cluster
+    (TF_CONFIG), each with one replica and half of every global batch, and learn the one-device vectors."""
     from finetune.config import compose_config
+    from finetune.export.diffusers_format import load_diffusers_embedding
+    from finetune.training.run import train
+
+    overrides = [
+        "model=tiny_random", "eval.enabled=false", "trainer.checkpoint_every=0", "trainer.max_steps=3",
+        "trainer.batch_size=4", "trainer.max_grad_norm=0.001", "trainer.weight_decay=0.01",
+        "trainer.learning_rate=0.05", "token.num_vectors=2", f"data.concept_dir={CONCEPT}",
+    ]
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    run_dir = tmp_path / "multi_worker"  # both workers get the same run folder, as on a shared filesystem
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "finetune.train", *overrides, "trainer.strategy=multi_worker_mirrored",
+             f"hydra.run.dir={run_dir}"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [w.communicate(timeout=900) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    for w, (_, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-3000:]
+
+    one = train(compose_config("train", overrides), tmp_path / "one_device")
+    _, single, _ = load_diffusers_embedding(tmp_path / "one_device" / "learned_embeds.safetensors")
+    for folder in (run_dir, run_dir / "worker-1"):  # the chief's outputs, and the other worker's
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert (one["replicas"], metrics["replicas"]) == (1, 2)
+        _, vectors, _ = load_diffusers_embedding(folder / "learned_embeds.safetensors")
+        assert np.abs(single - vectors).max() <= 5e-5 * np.abs(single).max()  # tolerance: see the test above
+        # The logged loss is the global batch's, as on one device (each worker computed half of it).
+        np.testing.assert_allclose(metrics["loss_history"]["loss"], one["loss_history"]["loss"], rtol=1e-5)
+    assert not np.allclose(np.linalg.norm(single, axis=1), one["initial_vector_norms"], rtol=0, atol=1e-4)
+
+
+def test_multi_worker_strategy_without_tf_config_is_a_clear_error(monkeypatch):
     from finetune.errors import ConfigError
     from finetune.training.distribute import make_strategy
 
-    cfg = compose_config("train", ["trainer.strategy=multi_worker_mirrored"])
-    with pytest.raises(ConfigError, match="multi_worker_mirrored does not work yet.*trainer.strategy=mirrored"):
-        make_strategy(cfg.trainer.strategy)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="multi_worker_mirrored needs the TF_CONFIG environment variable"):
+        make_strategy("multi_worker_mirrored")
+    monkeypatch.setenv("TF_CONFIG", '{"task": {"index": 0}}')
+    with pytest.raises(ConfigError, match="TF_CONFIG is not a JSON object with cluster.worker"):
+        make_strategy("multi_worker_mirrored")

@@ -42,7 +42,7 @@ def batches(n, batch_size, num_variants=3, num_captions=2):
 
     variant = np.arange(n * batch_size, dtype="int32").reshape(n, batch_size) % num_variants
     caption = np.arange(n * batch_size, dtype="int32").reshape(n, batch_size) % num_captions
-    return tf.data.Dataset.from_tensor_slices({"variant": variant, "caption": caption})
+    return tf.data.Dataset.from_tensor_slices(np.stack([variant, caption], axis=-1))  # columns VARIANT, CAPTION
 
 
 def check_only_vectors_change(cfg, latent_hw, rng, steps=2):

@@ -15,8 +15,10 @@ augmentation happens here, once, and not per step.
 Images whose shorter side is below ``resolution`` are upscaled (with a warning naming
 the file).
 
-`training_dataset` then yields, forever, batches of (variant index, caption index):
-the (image, caption) pairs are shuffled every epoch and each pair gets one of its
+`training_dataset` then yields, forever, batches of (variant index, caption index), one
+int32 [B, 2] tensor per batch (columns ``VARIANT`` and ``CAPTION``; a single tensor rather
+than a dict, because Keras' fit cannot build from a dict batch under
+MultiWorkerMirroredStrategy, keras-team/keras#20329): the (image, caption) pairs are shuffled every epoch and each pair gets one of its
 image's variants at random, all with stateless seeded random ops, so a seed gives the
 same stream every time.
 """
@@ -41,6 +43,7 @@ from finetune.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
+VARIANT, CAPTION = 0, 1  # the columns of a training batch
 CROP_MODES = ("center", "random_resized")
 CROP_SCALE = (0.5, 1.0)  # fraction of the image area kept by a random-resized crop
 CROP_RATIO = (3 / 4, 4 / 3)  # width / height of a random-resized crop
@@ -218,7 +221,7 @@ def _random_resized_box(h: int, w: int, rng: np.random.Generator) -> tuple[int, 
 
 
 def training_dataset(examples: ConceptExamples, batch_size: int, seed: int) -> tf.data.Dataset:
-    """An infinite, seeded stream of ``{"variant": int32 [B], "caption": int32 [B]}`` batches.
+    """An infinite, seeded stream of int32 [B, 2] batches: (variant index, caption index) per row.
 
     Every epoch is a fresh seeded permutation of ``examples.pairs`` (batches run on
     across epoch boundaries); each pair gets a uniformly random variant of its source
@@ -261,7 +264,7 @@ def training_dataset(examples: ConceptExamples, batch_size: int, seed: int) -> t
         u = tf.random.stateless_uniform([batch_size], seed=key, dtype=tf.float64)
         k = tf.minimum(tf.cast(tf.floor(u * tf.cast(count, tf.float64)), tf.int32), count - 1)
         variant = tf.gather(by_source, tf.gather(offsets, source) + k)
-        return {"variant": variant, "caption": tf.gather(pair_caption, pair_ids)}
+        return tf.stack([variant, tf.gather(pair_caption, pair_ids)], axis=1)  # columns VARIANT, CAPTION
 
     dataset = tf.data.Dataset.counter(dtype=tf.int64).flat_map(epoch)
     dataset = dataset.batch(batch_size, drop_remainder=True).enumerate().map(pick)

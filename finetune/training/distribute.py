@@ -3,8 +3,11 @@
     default                one device (TensorFlow's default strategy)
     mirrored               tf.distribute.MirroredStrategy over this host's GPUs, or over its
                            logical CPU devices when it has no GPU
-    multi_worker_mirrored  tf.distribute.MultiWorkerMirroredStrategy over several hosts: not working
-                           yet, a clear error (see make_strategy)
+    multi_worker_mirrored  tf.distribute.MultiWorkerMirroredStrategy over several processes or hosts:
+                           start the same command once per worker, each with the TF_CONFIG
+                           environment variable naming the cluster and its own task index
+                           (README, "Scaling out"). Worker 0 is the chief; the others write their
+                           outputs to <run dir>/worker-<index> and track nothing.
 
 `trainer.batch_size` is the global batch: Keras splits every batch of the dataset evenly over
 the replicas, in order (replica r of R gets rows [r*b/R, (r+1)*b/R)). Two things make R replicas
@@ -20,6 +23,9 @@ learn what one device learns from the same global batch:
 
 from __future__ import annotations
 
+import json
+import os
+
 import tensorflow as tf
 
 from finetune.errors import ConfigError
@@ -34,14 +40,27 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multi_worker_mirrored":
-        # Measured with two local workers (TF_CONFIG on localhost, Keras 3.15, TF 2.21): the strategy
-        # starts and splits the global batch, then Keras' fit fails converting the per-replica batch
-        # dict of our train step to a tensor. Fail before any work rather than deep inside fit.
-        raise ConfigError(
-            "trainer.strategy=multi_worker_mirrored does not work yet (Keras' fit fails on the per-replica "
-            "batch; docs/benchmarks.md, 'Scaling out'); use trainer.strategy=mirrored for the devices of one host"
-        )
+        tf_config = os.environ.get("TF_CONFIG")
+        if not tf_config:
+            raise ConfigError(
+                "trainer.strategy=multi_worker_mirrored needs the TF_CONFIG environment variable, e.g. "
+                '{"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}} '
+                "(README, 'Scaling out'); for the devices of one host use trainer.strategy=mirrored"
+            )
+        try:
+            json.loads(tf_config)["cluster"]["worker"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"TF_CONFIG is not a JSON object with cluster.worker ({e}): {tf_config!r}") from None
+        # Must run before any TensorFlow op: collective ops are configured at program startup.
+        return tf.distribute.MultiWorkerMirroredStrategy()
     raise ConfigError(f"trainer.strategy={name!r}; choose one of {list(STRATEGIES)}")
+
+
+def worker_index(strategy: tf.distribute.Strategy) -> int:
+    """This process's task index in a multi-worker cluster (0, the chief, otherwise)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return int(strategy.cluster_resolver.task_id or 0)
+    return 0
 
 
 def check_trainer(trainer_cfg, strategy: tf.distribute.Strategy) -> None:
@@ -73,6 +92,18 @@ def local_rows(global_values: tf.Tensor, local_batch_size) -> tf.Tensor:
     """This replica's rows of values drawn for the whole global batch."""
     replica, _ = replica_position()
     return global_values[replica * local_batch_size : (replica + 1) * local_batch_size]
+
+
+def step_logs(logs: dict) -> dict:
+    """A train step's scalar logs, shaped for Keras' average over the replicas.
+
+    Under MultiWorkerMirroredStrategy, Keras 3.15's fit averages them with
+    `strategy.reduce(MEAN, value, axis=0)`, which needs a batch axis: each value gets one of
+    length 1 there (the average is a scalar again). Other strategies take scalars.
+    """
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
 
 
 def gradient_for_optimizer(gradient: tf.Tensor) -> tf.Tensor:

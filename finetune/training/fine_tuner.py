@@ -18,8 +18,15 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from finetune.data.pipeline import CAPTION, VARIANT
 from finetune.diffusion.schedule import NoiseSchedule
-from finetune.training.distribute import global_batch_size, gradient_for_optimizer, local_rows, replica_position
+from finetune.training.distribute import (
+    global_batch_size,
+    gradient_for_optimizer,
+    local_rows,
+    replica_position,
+    step_logs,
+)
 
 # Distinct streams of the stateless RNG, combined with the step counter.
 _STREAM_POSTERIOR, _STREAM_TIMESTEP, _STREAM_NOISE = 1, 2, 3
@@ -67,7 +74,7 @@ class StableDiffusionFineTuner(keras.Model):
 
     def sample_inputs(self, batch):
         """Noisy latents, timesteps, true noise and token ids for one batch (no gradients involved)."""
-        moments = tf.gather(self.latent_moments, batch["variant"])
+        moments = tf.gather(self.latent_moments, batch[:, VARIANT])
         mean, logvar = tf.split(moments, 2, axis=-1)
         shape = tf.shape(mean)
         local = shape[0]
@@ -80,7 +87,7 @@ class StableDiffusionFineTuner(keras.Model):
         noise = local_rows(tf.random.stateless_normal(drawn, self._rng(_STREAM_NOISE)), local)
         a = tf.gather(self.sqrt_acp, timesteps)[:, None, None, None]
         b = tf.gather(self.sqrt_one_minus_acp, timesteps)[:, None, None, None]
-        tokens = tf.gather(self.caption_tokens, batch["caption"])
+        tokens = tf.gather(self.caption_tokens, batch[:, CAPTION])
         return a * latents + b * noise, timesteps, noise, tokens
 
     def compute_noise_loss(self, noisy, timesteps, noise, tokens):
@@ -104,4 +111,5 @@ class StableDiffusionFineTuner(keras.Model):
         self.optimizer.apply_gradients([(gradient, self.learned_vectors)])
         self.step_counter.assign_add(1)
         self.loss_tracker.update_state(loss)
-        return {"loss": loss, "lr": self.optimizer.learning_rate, "grad_norm": grad_norm}
+        # Keras averages these over the replicas: the loss becomes the global batch's.
+        return step_logs({"loss": loss, "lr": self.optimizer.learning_rate, "grad_norm": grad_norm})

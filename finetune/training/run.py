@@ -34,10 +34,10 @@ from finetune.models.presets import get_preset
 from finetune.models.weights import require_weight_files
 from finetune.reporting import write_run_report
 from finetune.tokens.tokenizer import ClipTokenizer
-from finetune.tracking import make_tracker
+from finetune.tracking import Tracker, make_tracker
 from finetune.training import callbacks as cb
 from finetune.training.checkpoints import find_resume_checkpoint, restore_checkpoint, save_checkpoint
-from finetune.training.distribute import adapt_optimizer, check_trainer, make_strategy
+from finetune.training.distribute import adapt_optimizer, check_trainer, make_strategy, worker_index
 from finetune.training.fine_tuner import StableDiffusionFineTuner
 from finetune.training.schedules import WarmupDecay
 
@@ -147,6 +147,10 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     require_weight_files(cfg.model, needed)
     # Before any TensorFlow op: MultiWorkerMirroredStrategy configures collective ops at startup.
     strategy = make_strategy(cfg.trainer.strategy)
+    worker = worker_index(strategy)
+    if worker:  # every worker trains the same vectors; only the chief's outputs land in the run folder
+        run_dir = run_dir / f"worker-{worker}"
+        log.info("multi-worker task %d: outputs in %s, no tracking", worker, run_dir)
     tf.config.experimental.enable_op_determinism()
 
     tokenizer, placeholder_ids = make_tokenizer(cfg.token, preset.text_encoder.max_length)
@@ -198,7 +202,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         decoder = load_component(cfg.model, "vae_decoder")
         renderer = PromptRenderer(tokenizer, text_encoder, unet, decoder, cfg.data.resolution, cfg.model.jit_compile)
 
-    logger = make_tracker(cfg, run_dir)
+    logger = Tracker() if worker else make_tracker(cfg, run_dir)
     preview_prompt = expand_prompt(cfg.eval.prompts[0], cfg.token.placeholder) if cfg.eval.prompts else None
 
     def preview(step: int) -> None:
@@ -246,6 +250,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         "mean_loss_last_10": float(np.mean(history.losses[-10:])) if history.losses else None,
         "steps": cfg.trainer.max_steps,
         "resumed_from_step": start_step,
+        "replicas": strategy.num_replicas_in_sync,
         "train_seconds": round(train_seconds, 3),
         "wall_seconds": round(time.perf_counter() - started, 3),
         "learned_vector_norms": [float(n) for n in np.linalg.norm(final, axis=1)],
