@@ -60,6 +60,9 @@ def test_shipped_model_text_to_image_record():
     assert t2i["gates"] == {k: True for k in GATES}
     ceiling = summary["eval"]["vae_ceiling"]
     assert ceiling["color"] >= 0.95 and ceiling["shape"] >= 0.85
+    # One uninterrupted run of the one command made them, in under the 2 hours.
+    assert all(stage["resumed_from"] == 0 for stage in summary["stages"].values())
+    assert summary["wall_seconds_this_run"] < 2 * 3600
 
 
 def test_judge_prefers_the_concept_to_other_scenes(concept_images, judge):
