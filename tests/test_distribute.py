@@ -42,14 +42,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
+# 3 steps of a global batch of 4; clipping and weight decay act on the global gradient, as on one device.
+OVERRIDES = [
+    "model=tiny_random", "eval.enabled=false", "trainer.checkpoint_every=0", "trainer.max_steps=3",
+    "trainer.batch_size=4", "trainer.max_grad_norm=0.001",
+    "trainer.weight_decay=0.01", "trainer.learning_rate=0.05", "token.num_vectors=2",
+]
+
+
 def test_mirrored_on_two_cpu_devices_equals_one_device(tmp_path):
-    # Clipping and weight decay act on the global gradient, as on one device.
-    overrides = [
-        "model=tiny_random", "eval.enabled=false", "trainer.checkpoint_every=0", "trainer.max_steps=3",
-        "trainer.batch_size=4", "trainer.max_grad_norm=0.001",
-        "trainer.weight_decay=0.01", "trainer.learning_rate=0.05", "token.num_vectors=2",
-    ]
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), str(CONCEPT), *overrides], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), str(CONCEPT), *OVERRIDES], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
@@ -80,11 +82,7 @@ def test_multi_worker_on_two_local_processes_equals_one_device(tmp_path):
     from finetune.export.diffusers_format import load_diffusers_embedding
     from finetune.training.run import train
 
-    overrides = [
-        "model=tiny_random", "eval.enabled=false", "trainer.checkpoint_every=0", "trainer.max_steps=3",
-        "trainer.batch_size=4", "trainer.max_grad_norm=0.001", "trainer.weight_decay=0.01",
-        "trainer.learning_rate=0.05", "token.num_vectors=2", f"data.concept_dir={CONCEPT}",
-    ]
+    overrides = [*OVERRIDES, f"data.concept_dir={CONCEPT}"]
     cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
     run_dir = tmp_path / "multi_worker"  # both workers get the same run folder, as on a shared filesystem
     workers = [

@@ -16,11 +16,11 @@ Images whose shorter side is below ``resolution`` are upscaled (with a warning n
 the file).
 
 `training_dataset` then yields, forever, batches of (variant index, caption index), one
-int32 [B, 2] tensor per batch (columns ``VARIANT`` and ``CAPTION``; a single tensor rather
-than a dict, because Keras' fit cannot build from a dict batch under
-MultiWorkerMirroredStrategy, keras-team/keras#20329): the (image, caption) pairs are shuffled every epoch and each pair gets one of its
-image's variants at random, all with stateless seeded random ops, so a seed gives the
-same stream every time.
+int32 [B, 2] tensor per batch (columns ``VARIANT`` and ``CAPTION``; one tensor rather than a
+dict, because Keras' fit cannot build from a dict batch under MultiWorkerMirroredStrategy,
+keras-team/keras#20329). The (image, caption) pairs are shuffled every epoch and each pair
+gets one of its image's variants at random, all with stateless seeded random ops, so a seed
+gives the same stream every time.
 """
 
 from __future__ import annotations
