@@ -85,22 +85,28 @@ def test_multi_worker_on_two_local_processes_equals_one_device(tmp_path):
     overrides = [*OVERRIDES, f"data.concept_dir={CONCEPT}"]
     cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
     run_dir = tmp_path / "multi_worker"  # both workers get the same run folder, as on a shared filesystem
+    # Each worker's output goes to a file: read through pipes one worker after the other, a full
+    # pipe would stall the other worker, and with it the first one at the next all-reduce.
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+    handles = [log.open("w") for log in logs]
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "finetune.train", *overrides, "trainer.strategy=multi_worker_mirrored",
              f"hydra.run.dir={run_dir}"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
             env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
         )
-        for i in range(2)
+        for i, handle in enumerate(handles)
     ]
     try:
-        outputs = [w.communicate(timeout=900) for w in workers]
-    finally:
         for w in workers:
+            w.wait(timeout=900)
+    finally:
+        for w, handle in zip(workers, handles):
             w.kill()
-    for w, (_, err) in zip(workers, outputs):
-        assert w.returncode == 0, err[-3000:]
+            handle.close()
+    for w, log in zip(workers, logs):
+        assert w.returncode == 0, log.read_text()[-3000:]
 
     one = train(compose_config("train", overrides), tmp_path / "one_device")
     _, single, _ = load_diffusers_embedding(tmp_path / "one_device" / "learned_embeds.safetensors")
