@@ -235,18 +235,19 @@ def machine_info() -> dict:
 
 def build_trainer(cfg):
     """The run's trainer (finetune.training.run.build_tuner) on random cached posterior moments."""
-    from finetune.models.presets import get_preset
-    from finetune.training.run import build_tuner, make_tokenizer, validate
+    from finetune.assembly import make_tokenizer, resolve_model
+    from finetune.training.run import build_tuner, validate
 
-    validate(cfg)
-    preset = get_preset(cfg.model.preset)
-    tokenizer, _ = make_tokenizer(cfg.token, preset.text_encoder.max_length)
+    source = resolve_model(cfg.model)
+    validate(cfg, source)
+    preset = source.preset
+    tokenizer, _ = make_tokenizer(cfg.token.placeholder, cfg.token.num_vectors, preset.text_encoder.max_length)
     captions = [t.format(cfg.token.placeholder) for t in ("a photo of a {}", "a rendering of a {}", "a close-up photo of the {}")]
     latent = cfg.data.resolution // preset.vae.downsampling_factor
     moments = np.random.default_rng(0).standard_normal((8, latent, latent, 2 * preset.vae.latent_channels)).astype("float32")
     moments[..., preset.vae.latent_channels:] = -6.0  # log-variance of a confident VAE posterior
-    tuner, _ = build_tuner(cfg, moments, tokenizer(captions), [])
-    return tuner, tokenizer, len(moments), len(captions)
+    tuner, _ = build_tuner(cfg, source, moments, tokenizer(captions), [])
+    return tuner, tokenizer, source, len(moments), len(captions)
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -315,14 +316,12 @@ def bench_training(cfg, tuner, num_variants: int, num_captions: int, steps: int,
     }
 
 
-def bench_sampling(cfg, tuner, tokenizer, num_steps: int, guidance: float, images: int, peaks: dict) -> tuple[dict, object]:
-    from finetune.evaluation.render import PromptRenderer
-    from finetune.models import load_component
+def bench_sampling(cfg, tuner, tokenizer, source, num_steps: int, guidance: float, images: int, peaks: dict) -> tuple[dict, object]:
+    from finetune.assembly import build_renderer
     from finetune.sampling import SamplerSettings
 
     with PeakRss() as rss:
-        decoder = load_component(cfg.model, "vae_decoder")
-        renderer = PromptRenderer(tokenizer, tuner.text_encoder, tuner.unet, decoder, cfg.data.resolution, cfg.model.jit_compile)
+        renderer = build_renderer(source, tokenizer, tuner.text_encoder, tuner.unet, cfg.data.resolution)
         prompt = [f"a photo of a {cfg.token.placeholder}"]
         start = time.perf_counter()
         renderer.render(prompt, SamplerSettings(num_steps=2, guidance_scale=guidance), images, progress=False)
@@ -342,7 +341,7 @@ def bench_sampling(cfg, tuner, tokenizer, num_steps: int, guidance: float, image
         np.asarray(renderer._denoise(x, t, c))
         call_times.append(time.perf_counter() - start)
     unet_call_s = statistics.median(call_times)
-    decode = graph_flops(tf.function(lambda z: decoder(z)).get_concrete_function(tf.TensorSpec([images, *latent])))["flops"]
+    decode = graph_flops(tf.function(lambda z: renderer.vae_decoder(z)).get_concrete_function(tf.TensorSpec([images, *latent])))["flops"]
     flops = num_steps * unet_call + decode
     peak_dtype = PEAK_DTYPE[cfg.model.precision]
     return {
@@ -462,13 +461,13 @@ def main(argv=None) -> dict:
     result["matmul_peak"] = {d: matmul_peak(d, args.matmul_size, args.matmul_repeats) for d in dtypes}
 
     with PeakRss() as build_rss:
-        tuner, tokenizer, num_variants, num_captions = build_trainer(cfg)
+        tuner, tokenizer, source, num_variants, num_captions = build_trainer(cfg)
     result["build_peak_rss_gb"] = build_rss.gb
     if not args.no_training:
         result["training"] = bench_training(cfg, tuner, num_variants, num_captions, args.steps, args.warmup, result["matmul_peak"])
     renderer = None
     if not args.no_sampling:
-        result["sampling"], renderer = bench_sampling(cfg, tuner, tokenizer, args.sample_steps, args.guidance, args.images,
+        result["sampling"], renderer = bench_sampling(cfg, tuner, tokenizer, source, args.sample_steps, args.guidance, args.images,
                                                       result["matmul_peak"])
     if args.profile:
         import tempfile

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The learning-quality benchmark on the bundled toy-world concept (finetune/evaluation/quality.py).
+"""The learning-quality benchmark on the bundled toy-world concept (finetune/benchmarks/quality.py).
 
     python scripts/quality.py                          # the default run (README command 1), 32 samples per row
     python scripts/quality.py --samples 64 trainer.max_steps=400 token.num_vectors=2
@@ -31,7 +31,7 @@ def main() -> None:
 
     from finetune.cli import job_guard
     from finetune.config import compose_config
-    from finetune.evaluation.quality import format_table, run_quality
+    from finetune.benchmarks.quality import format_table, run_quality
     from finetune.io import write_bytes_atomic, write_json_atomic
 
     out = args.out or Path("outputs") / "quality" / time.strftime("%Y-%m-%d_%H-%M-%S")

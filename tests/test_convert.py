@@ -17,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 from finetune.convert import checkpoint_preset, convert_checkpoint, keymaps, open_checkpoint
 from finetune.convert.configs import SD_V1_CONFIGS, infer_compvis_configs, preset_from_diffusers_config
 from finetune.errors import ConfigError, DataError, MissingFileError
-from finetune.models.presets import SD_V1, TINY, get_preset, preset_from_dict, preset_to_dict
+from finetune.models.presets import SD_V1, TINY, preset_from_dict, preset_to_dict
 from tests.conftest import ROOT, compose_train
 
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
@@ -265,30 +265,30 @@ def test_cli_usage_errors():
 def test_model_config_points_at_a_checkpoint(source):
     """`model=diffusers model.checkpoint=PATH`: the preset comes from the checkpoint, every component
     is converted on load (or read from a converted folder) and equals the converted files."""
-    from finetune.models import load_component
+    from finetune.assembly import load_component, resolve_model
 
     ckpt = reference().small_checkpoint()
     path = {"diffusers": ckpt.diffusers, "compvis-file": ckpt.compvis,
             "converted": ckpt.converted["diffusers"]["preset"].parent}[source]
     cfg = compose_train("model=diffusers", f"model.checkpoint={path}", "data.concept_dir=x")
-    preset = get_preset(cfg.model.preset)
+    preset = resolve_model(cfg.model).preset
     assert preset.unet.block_channels == (32, 64) and preset.vae.block_channels == (32, 64)
     # a CompVis file has no config: SD v1's latent size 64 (x VAE factor 2) and 32 norm groups are assumed
     assert (preset.resolution, preset.unet.norm_groups) == ((128, 32) if source == "compvis-file" else (16, 8))
     expected = files_of(ckpt.converted["diffusers"])
     for component in ("text_encoder", "vae_decoder"):
-        model = load_component(cfg.model, component)
+        model = load_component(resolve_model(cfg.model), component)
         got = {w.path: np.asarray(w) for w in model.weights}
         assert got.keys() == expected[component].keys()
         assert all(np.array_equal(got[k], expected[component][k]) for k in got)
 
 
 def test_model_config_checkpoint_errors(tmp_path):
-    from finetune.models import load_component
+    from finetune.assembly import load_component, resolve_model
 
     cfg = compose_train("model=diffusers", f"model.checkpoint={tmp_path / 'nothing'}", "data.concept_dir=x")
     with pytest.raises(MissingFileError, match="nothing: not found"):
-        load_component(cfg.model, "unet")
+        load_component(resolve_model(cfg.model), "unet")
     (tmp_path / "folder").mkdir()
     with pytest.raises(ConfigError, match="not a diffusers SD v1 folder"):
         open_checkpoint(tmp_path / "folder")

@@ -6,7 +6,8 @@ from PIL import Image
 
 from finetune.errors import FinetuneError
 from finetune.evaluation import grid as grid_mod
-from finetune.evaluation.grid import CELL_GAP, make_grid, save_png_atomic, to_uint8
+from finetune.evaluation.grid import CELL_GAP, make_grid, save_png_atomic
+from finetune.sampling.renderer import to_uint8
 
 
 def _images(n, size=64):

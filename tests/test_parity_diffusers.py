@@ -195,7 +195,7 @@ def test_ddim_sampling_matches_stable_diffusion_pipeline(ckpt, ours, clip_tokeni
 
     tokenizer = ClipTokenizer()
     sampler = DDIMSampler(NoiseSchedule(), SamplerSettings(num_steps=steps, guidance_scale=guidance, eta=0.0))
-    denoise = tf.function(lambda x, t, c: unet(x, t, c), reduce_retracing=True)  # as finetune.evaluation.render
+    denoise = tf.function(lambda x, t, c: unet(x, t, c), reduce_retracing=True)  # as finetune.sampling.renderer
     latents = sampler.sample(denoise, text_encoder(tokenizer(prompts)), text_encoder(tokenizer([""])),
                              (8, 8, 4), initial_noise=noise, progress=False)
     assert relative_error(latents.transpose(0, 3, 1, 2), expected) <= TOL

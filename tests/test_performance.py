@@ -72,14 +72,14 @@ def test_frozen_weights_in_bfloat16_vectors_and_optimizer_in_float32(rng):
 
 
 def test_frozen_dtype_needs_its_mixed_precision():
-    from finetune.models import load_component
+    from finetune.assembly import load_component, resolve_model
 
     cfg = compose_train("model=tiny_random", f"data.concept_dir={CONCEPT}", "model.frozen_dtype=bfloat16")
     with pytest.raises(ConfigError, match="model.frozen_dtype=bfloat16 needs model.precision=mixed_bfloat16"):
-        load_component(cfg.model, "unet")
+        load_component(resolve_model(cfg.model), "unet")
     cfg = compose_train("model=tiny_random", f"data.concept_dir={CONCEPT}", "model.frozen_dtype=int8")
     with pytest.raises(ConfigError, match="model.frozen_dtype='int8'"):
-        load_component(cfg.model, "unet")
+        load_component(resolve_model(cfg.model), "unet")
 
 
 def test_benchmark_runs_on_the_tiny_model_with_frozen_bfloat16(tmp_path):

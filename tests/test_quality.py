@@ -22,8 +22,9 @@ def concept_images():
 @pytest.fixture(scope="module")
 def judge():
     from finetune.evaluation.judge import load_judge
+    from finetune.models.presets import TINY
 
-    return load_judge(compose_train(*FAST).model)
+    return load_judge(compose_train(*FAST).model.judge, TINY)
 
 
 def test_attribute_score_is_one_on_the_concept_and_zero_on_other_scenes(concept_images):
@@ -37,11 +38,12 @@ def test_attribute_score_is_one_on_the_concept_and_zero_on_other_scenes(concept_
 
 def test_shipped_weights_load_into_every_component():
     from finetune.config import ASSETS_DIR
-    from finetune.models import COMPONENTS, load_component
+    from finetune.assembly import load_component, resolve_model
+    from finetune.models import COMPONENTS
 
     cfg = compose_train(*FAST)
     for name in COMPONENTS:
-        model = load_component(cfg.model, name)
+        model = load_component(resolve_model(cfg.model), name)
         assert all(np.all(np.isfinite(np.asarray(w))) for w in model.weights), name
     total = sum(f.stat().st_size for f in (ASSETS_DIR / "tiny").glob("*.safetensors"))
     assert total <= 30 * 2**20, f"shipped weights are {total / 2**20:.1f} MB (limit 30)"
@@ -79,7 +81,7 @@ def test_judge_prefers_the_concept_to_other_scenes(concept_images, judge):
 
 
 def test_oracle_prompts_name_every_nameable_attribute_and_each_edit():
-    from finetune.evaluation.quality import oracle_prompts
+    from finetune.benchmarks.quality import oracle_prompts
 
     concept, edits = oracle_prompts(ATTRIBUTES, ["pattern"])
     assert concept == "a photo of a large red heart in the center on a white background"

@@ -173,7 +173,7 @@ def test_guarded_tracker_turns_failures_into_one_warning_each(caplog):
 
 
 def test_wandb_disabled_mode_logs_nothing_and_warns_nothing(tmp_path, caplog):
-    from finetune.evaluation.render import RenderedImage
+    from finetune.sampling.renderer import RenderedImage
 
     cfg = compose_train(*TRACKED, "logger=wandb", "logger.mode=disabled")
     embedding = tmp_path / "learned_embeds.safetensors"

@@ -8,7 +8,7 @@ import pytest
 
 from finetune.diffusion.schedule import NoiseSchedule
 from finetune.export.diffusers_format import load_diffusers_embedding
-from finetune.models import load_component
+from finetune.assembly import load_component, resolve_model
 from finetune.models.presets import get_preset
 from finetune.training.checkpoints import list_checkpoints
 from finetune.training.fine_tuner import StableDiffusionFineTuner
@@ -24,10 +24,11 @@ def snapshot(model):
 
 
 def build_tuner(cfg, latent_hw: int, rng, num_variants=3, num_captions=2):
-    preset = get_preset(cfg.model.preset)
-    text_encoder = load_component(cfg.model, "text_encoder", num_placeholder_vectors=cfg.token.num_vectors)
+    source = resolve_model(cfg.model)
+    preset = source.preset
+    text_encoder = load_component(source, "text_encoder", num_placeholder_vectors=cfg.token.num_vectors)
     text_encoder.token_embedding.set_learned_vectors(text_encoder.token_embedding.initial_vectors([320], 0))
-    unet = load_component(cfg.model, "unet")
+    unet = load_component(source, "unet")
     c = preset.vae.latent_channels
     moments = rng.standard_normal((num_variants, latent_hw, latent_hw, 2 * c)).astype("float32")
     tokens = np.full((num_captions, preset.text_encoder.max_length), preset.end_id, "int32")

@@ -21,13 +21,6 @@ BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (0, 0, 0)
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Map images in [-1, 1] (any shape) to uint8 [0, 255]: clip, scale, round."""
-    x = np.clip(np.asarray(images, dtype=np.float32), -1.0, 1.0)
-    x = np.nan_to_num(x, nan=0.0)
-    return np.rint((x + 1.0) * 127.5).astype(np.uint8)
-
-
 def _load_font(size: int = LABEL_FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable built-in font

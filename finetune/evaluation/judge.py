@@ -45,18 +45,15 @@ class ClipJudge:
         ])
 
 
-def load_judge(model_cfg) -> ClipJudge | None:
-    """The judge of `model_cfg` (its `judge` files), or None when the config names none."""
+def load_judge(judge, preset) -> ClipJudge | None:
+    """The judge of `model.judge` (a JudgeConfig: its two files) for `preset`, or None when it names none."""
     from finetune.models import build_component
     from finetune.models.clip_image import ClipImageModel, get_clip_image_spec
-    from finetune.models.presets import get_preset
 
-    judge = model_cfg.judge
     if judge is None or (judge.text_encoder is None and judge.clip_image is None):
         return None
     if judge.text_encoder is None or judge.clip_image is None:
         raise ConfigError("model.judge needs both text_encoder and clip_image (or neither, for no CLIP metrics)")
-    preset = get_preset(model_cfg.preset)
     text_encoder = build_component(preset, "text_encoder")
     load_weights(text_encoder, judge.text_encoder, "model.judge.text_encoder")
     clip_model = ClipImageModel(get_clip_image_spec(preset.name))

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from finetune.evaluation.grid import make_grid, save_png_atomic
-from finetune.evaluation.render import PromptRenderer, RenderedImage, expand_prompt
+from finetune.sampling.renderer import PromptRenderer, RenderedImage, expand_prompt
 from finetune.sampling import SamplerSettings
 
 
@@ -51,7 +51,8 @@ def reference_images(concept_dir: str | Path, resolution: int) -> np.ndarray:
     return np.stack(out)
 
 
-def score_rendered(rendered: list[RenderedImage], placeholder: str, model_cfg, concept_dir, resolution: int) -> dict | None:
+def score_rendered(rendered: list[RenderedImage], placeholder: str, judge_cfg, preset, concept_dir,
+                   resolution: int) -> dict | None:
     """CLIP-I / CLIP-T (with `model.judge`) and the toy-world attribute score (with a concept.json), per prompt.
 
     None when there is neither a judge nor a concept to compare with.
@@ -59,7 +60,7 @@ def score_rendered(rendered: list[RenderedImage], placeholder: str, model_cfg, c
     from finetune.evaluation.judge import load_judge
     from finetune.evaluation.scores import concept_attributes, score_by_prompt
 
-    judge = load_judge(model_cfg)
+    judge = load_judge(judge_cfg, preset)
     target = concept_attributes(concept_dir)
     if judge is None and target is None:
         return None
@@ -71,33 +72,21 @@ def score_rendered(rendered: list[RenderedImage], placeholder: str, model_cfg, c
 def evaluate_embedding(cfg, run_dir: str | Path) -> Path:
     """Load `cfg.embedding` (any format of finetune.export.formats; pickles only with
     cfg.allow_pickle) into the model and render `cfg.eval` prompts to run_dir/samples."""
+    from finetune.assembly import build_pipeline, check_resolution, require_weights, resolve_model
     from finetune.export.formats import load_any
     from finetune.io import write_json_atomic
-    from finetune.models import load_component
-    from finetune.models.weights import require_weight_files
-    from finetune.training.run import make_tokenizer
 
-    require_weight_files(cfg.model, ["text_encoder", "unet", "vae_decoder"])
+    source = resolve_model(cfg.model)
+    check_resolution(source.preset, cfg.resolution, "resolution")
+    require_weights(source, ["text_encoder", "unet", "vae_decoder"])
     embedding = load_any(cfg.embedding, allow_pickle=cfg.allow_pickle, opt_in="allow_pickle=true")
     placeholder, vectors, metadata = embedding.name, embedding.vectors, embedding.metadata
-    token_cfg = type(cfg.token)(**{**vars(cfg.token), "placeholder": placeholder, "num_vectors": len(vectors)})
-    text_encoder = load_component(cfg.model, "text_encoder", num_placeholder_vectors=len(vectors))
-    if vectors.shape[1] != text_encoder.spec.width:
-        from finetune.errors import DataError
-
-        raise DataError(
-            f"embedding={cfg.embedding}: vectors have width {vectors.shape[1]}, model.preset={cfg.model.preset} "
-            f"needs {text_encoder.spec.width}"
-        )
-    tokenizer, _ = make_tokenizer(token_cfg, text_encoder.spec.max_length)
-    text_encoder.token_embedding.set_learned_vectors(vectors)
-    renderer = PromptRenderer(
-        tokenizer, text_encoder, load_component(cfg.model, "unet"), load_component(cfg.model, "vae_decoder"),
-        cfg.resolution, cfg.model.jit_compile,
-    )
+    pipeline = build_pipeline(source, placeholder, len(vectors), cfg.resolution, vectors,
+                              cfg.token.truncate_long_prompts, what=f"embedding={cfg.embedding}")
     out_dir = Path(run_dir) / "samples"
-    rendered = render_eval_prompts(renderer, cfg.eval, placeholder, out_dir)
-    quality = score_rendered(rendered, placeholder, cfg.model, cfg.eval.reference_dir, cfg.resolution)
+    rendered = render_eval_prompts(pipeline.renderer, cfg.eval, placeholder, out_dir)
+    quality = score_rendered(rendered, placeholder, cfg.model.judge, source.preset, cfg.eval.reference_dir,
+                             cfg.resolution)
     write_json_atomic(Path(run_dir) / "metrics.json", {"embedding": str(cfg.embedding), "embedding_metadata": metadata,
                                                        "placeholder": placeholder, "num_vectors": len(vectors),
                                                        "embedding_format": embedding.format, "quality": quality})

@@ -8,10 +8,9 @@ toy world) share every line of code.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from finetune.errors import ConfigError, MissingFileError
+from finetune.errors import ConfigError
 
 # CLIP BPE vocabulary (OpenAI CLIP, bpe_simple_vocab_16e6): 49152 - 256 - 2 merges
 # + 512 byte tokens + <|startoftext|> (49406) + <|endoftext|> (49407) = 49408 ids.
@@ -150,21 +149,13 @@ def preset_from_dict(data: dict, source: str = "preset") -> Preset:
     return build(Preset, {**data, **specs}, "preset")
 
 
-def get_preset(name: str, **overrides) -> Preset:
-    """The preset called `name`; `overrides` replace top-level fields (e.g. resolution).
-
-    `name` may also be a path: a preset.json, a folder written by `python -m finetune.convert`,
-    a diffusers SD v1 folder or a CompVis single-file checkpoint (the preset is then read from
-    the checkpoint's configs, see `finetune.convert`).
-    """
-    if name in PRESETS:
+def get_preset(name: str | Preset, **overrides) -> Preset:
+    """The preset called `name` (or `name` itself when it is a Preset); `overrides` replace top-level
+    fields (e.g. resolution). A checkpoint's preset is read by `finetune.assembly.resolve_model`."""
+    if isinstance(name, Preset):
+        preset = name
+    elif name in PRESETS:
         preset = PRESETS[name]
-    elif os.path.exists(os.path.expanduser(str(name))):
-        from finetune.convert import checkpoint_preset
-
-        preset = checkpoint_preset(name)
-    elif "/" in str(name) or os.sep in str(name):
-        raise MissingFileError(f"{name}: not found (model.preset / model.checkpoint); give a preset name or an existing path")
     else:
         raise ConfigError(
             f"model.preset={name!r} is not a preset; choose one of {sorted(PRESETS)} "

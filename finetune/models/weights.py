@@ -140,27 +140,6 @@ def require_file(path: str | Path, config_key: str) -> Path:
     return path
 
 
-def require_weight_files(model_cfg, components: list[str]) -> None:
-    """Check every weight file a stage needs before any work starts."""
-    from finetune.errors import ConfigError
-
-    checkpoint = getattr(model_cfg, "checkpoint", None)
-    if checkpoint is not None:  # every component comes from the checkpoint (finetune.convert)
-        if not os.path.exists(os.path.expanduser(str(checkpoint))):
-            raise MissingFileError(f"model.checkpoint={checkpoint}: not found; give a diffusers folder, "
-                                   "a CompVis .safetensors file or a folder written by python -m finetune.convert")
-        return
-    for component in components:
-        path = getattr(model_cfg.weights, component)
-        if path is not None:
-            require_file(path, f"model.weights.{component}")
-        elif not model_cfg.allow_random_weights:
-            raise ConfigError(
-                f"model.weights.{component} is not set; give the local path of the {component} weights "
-                "(or model.allow_random_weights=true for random weights)"
-            )
-
-
 def load_weights(model: keras.Model, path: str | Path | None, config_key: str) -> None:
     """Load `path` into `model` by its format; `config_key` names the setting in errors."""
     if path is None:

@@ -14,9 +14,8 @@ from collections import defaultdict
 import numpy as np
 import tensorflow as tf
 
-from finetune.evaluation.grid import to_uint8
 from finetune.evaluation.judge import to_model_images
-from finetune.evaluation.render import PromptRenderer
+from finetune.sampling.renderer import PromptRenderer, to_uint8
 from finetune.evaluation.scores import measure_images
 from finetune.sampling import SamplerSettings
 from finetune.tokens.tokenizer import ClipTokenizer

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from finetune.evaluation.grid import save_png_atomic
-from finetune.evaluation.render import expand_prompt
+from finetune.sampling.renderer import expand_prompt
 from finetune.reporting.plots import plot_embedding, plot_loss
 from finetune.reporting.progress import progress_strip
 from finetune.reporting.report import write_report

@@ -14,7 +14,7 @@ class Tracker:
     def log_scalars(self, values: dict[str, float], step: int) -> None: ...
 
     def log_preview(self, preview, step: int) -> None:
-        """`preview`: a finetune.evaluation.render.RenderedImage (prompt, seed, uint8 image)."""
+        """`preview`: a finetune.sampling.renderer.RenderedImage (prompt, seed, uint8 image)."""
 
     def log_embedding(self, path: Path, step: int, metadata: dict[str, str], final: bool = False) -> None:
         """An embedding file the run just wrote (a snapshot at `step`, or the final one)."""

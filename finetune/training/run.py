@@ -19,21 +19,22 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import OmegaConf
 
+from finetune.assembly import (
+    ModelSource, build_renderer, check_resolution, initializer_ids, load_component, load_text_encoder, make_tokenizer,
+    require_weights, resolve_model,
+)
+from finetune.backends import compiled_call
 from finetune.data.pipeline import load_concept, training_dataset
 from finetune.data.templates import load_templates
 from finetune.diffusion.schedule import NoiseSchedule
 from finetune.errors import ConfigError
 from finetune.evaluation.grid import make_grid, save_png_atomic
-from finetune.evaluation.render import PromptRenderer, expand_prompt
 from finetune.evaluation.stage import render_eval_prompts, sampler_settings, score_rendered
 from finetune.export.diffusers_format import DEFAULT_FILENAME, save_diffusers_embedding
 from finetune.export.formats import check_formats, export_embedding
 from finetune.io import write_json_atomic
-from finetune.models import load_component
-from finetune.models.presets import get_preset
-from finetune.models.weights import require_weight_files
 from finetune.reporting import write_run_report
-from finetune.tokens.tokenizer import ClipTokenizer
+from finetune.sampling.renderer import expand_prompt
 from finetune.tracking import Tracker, make_tracker
 from finetune.training import callbacks as cb
 from finetune.training.checkpoints import find_resume_checkpoint, restore_checkpoint, save_checkpoint
@@ -54,30 +55,13 @@ def fingerprint(cfg) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def make_tokenizer(token_cfg, max_length: int) -> tuple[ClipTokenizer, list[int]]:
-    if token_cfg.num_vectors < 1:
-        raise ConfigError(f"token.num_vectors={token_cfg.num_vectors} must be >= 1")
-    tokenizer = ClipTokenizer(max_length=max_length, truncate=token_cfg.truncate_long_prompts)
-    try:
-        tokenizer.add_placeholder(token_cfg.placeholder, token_cfg.num_vectors)
-    except ConfigError as e:
-        raise ConfigError(f"token.placeholder={token_cfg.placeholder}: {e}") from e
-    return tokenizer, tokenizer.placeholder_ids(token_cfg.placeholder)
-
-
-def initializer_ids(tokenizer: ClipTokenizer, token_cfg) -> list[int]:
-    if not token_cfg.initializer:
-        return []
-    ids = tokenizer.encode(token_cfg.initializer)
-    if not ids or any(i >= tokenizer.base_vocab_size for i in ids):
-        raise ConfigError(f"token.initializer={token_cfg.initializer!r} must be plain text of the CLIP vocabulary")
-    return ids
-
-
 def encode_latents(vae_encoder, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Posterior moments [M, h, w, 2C] (mean | logvar) of every image variant, computed once."""
-    encode = tf.function(lambda x: tf.concat(vae_encoder(x), axis=-1), reduce_retracing=True)
-    return np.concatenate([encode(tf.constant(images[i : i + batch_size])).numpy() for i in range(0, len(images), batch_size)])
+    encode = compiled_call(vae_encoder)
+    return np.concatenate([
+        np.concatenate([keras.ops.convert_to_numpy(m) for m in encode(images[i : i + batch_size])], axis=-1)
+        for i in range(0, len(images), batch_size)
+    ])
 
 
 def make_optimizer(trainer_cfg, replicas: int = 1) -> keras.optimizers.Optimizer:
@@ -94,7 +78,7 @@ def make_optimizer(trainer_cfg, replicas: int = 1) -> keras.optimizers.Optimizer
     )
 
 
-def validate(cfg) -> None:
+def validate(cfg, source: ModelSource) -> None:
     t = cfg.trainer
     for key, value, low in (
         ("trainer.max_steps", t.max_steps, 1), ("trainer.batch_size", t.batch_size, 1),
@@ -105,30 +89,27 @@ def validate(cfg) -> None:
             raise ConfigError(f"{key}={value} must be >= {low}")
     if t.learning_rate <= 0:
         raise ConfigError(f"trainer.learning_rate={t.learning_rate} must be > 0")
-    factor = get_preset(cfg.model.preset).vae.downsampling_factor
-    if cfg.data.resolution % (factor * 2 ** (len(get_preset(cfg.model.preset).unet.block_channels) - 1)):
-        raise ConfigError(f"data.resolution={cfg.data.resolution} must be a multiple of the model's total downsampling")
+    check_resolution(source.preset, cfg.data.resolution)
 
 
-def build_tuner(cfg, moments: np.ndarray, caption_tokens: np.ndarray, init_ids: list[int],
+def build_tuner(cfg, source: ModelSource, moments: np.ndarray, caption_tokens: np.ndarray, init_ids: list[int],
                 strategy: tf.distribute.Strategy | None = None):
     """Text encoder (learned vectors at their start values) + UNet + the compiled trainer, built in
     the scope of `strategy` (default: `trainer.strategy`, made now). Returns the trainer and the start vectors."""
     strategy = strategy or make_strategy(cfg.trainer.strategy)
     check_trainer(cfg.trainer, strategy)
     with strategy.scope():
-        text_encoder = load_component(cfg.model, "text_encoder", num_placeholder_vectors=cfg.token.num_vectors)
+        text_encoder = load_text_encoder(source, cfg.token.num_vectors)
         initial_vectors = text_encoder.token_embedding.initial_vectors(init_ids, cfg.seed)
         text_encoder.token_embedding.set_learned_vectors(initial_vectors)
-        unet = load_component(cfg.model, "unet")
+        unet = load_component(source, "unet")
         unet.gradient_checkpointing = cfg.trainer.gradient_checkpointing
         tuner = StableDiffusionFineTuner(
-            text_encoder, unet, moments, caption_tokens, NoiseSchedule(), get_preset(cfg.model.preset).vae.scaling_factor,
-            seed=cfg.seed,
+            text_encoder, unet, moments, caption_tokens, NoiseSchedule(), source.preset.vae.scaling_factor, seed=cfg.seed,
         )
         optimizer = make_optimizer(cfg.trainer)
         adapt_optimizer(optimizer, strategy)
-        tuner.compile(optimizer=optimizer, jit_compile=cfg.model.jit_compile)
+        tuner.compile(optimizer=optimizer, jit_compile=source.jit_compile)
         tuner.optimizer.build([tuner.learned_vectors])
     return tuner, initial_vectors
 
@@ -140,11 +121,11 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    validate(cfg)
+    source = resolve_model(cfg.model)
+    preset = source.preset
+    validate(cfg, source)
     check_formats(cfg.export.formats, cfg.token.placeholder)  # before hours of training, not after
-    preset = get_preset(cfg.model.preset)
-    needed = ["text_encoder", "unet", "vae_encoder"] + (["vae_decoder"] if cfg.eval.enabled else [])
-    require_weight_files(cfg.model, needed)
+    require_weights(source, ["text_encoder", "unet", "vae_encoder"] + (["vae_decoder"] if cfg.eval.enabled else []))
     # Before any TensorFlow op: MultiWorkerMirroredStrategy configures collective ops at startup.
     strategy = make_strategy(cfg.trainer.strategy)
     worker = worker_index(strategy)
@@ -153,8 +134,9 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         log.info("multi-worker task %d: outputs in %s, no tracking", worker, run_dir)
     tf.config.experimental.enable_op_determinism()
 
-    tokenizer, placeholder_ids = make_tokenizer(cfg.token, preset.text_encoder.max_length)
-    init_ids = initializer_ids(tokenizer, cfg.token)
+    tokenizer, placeholder_ids = make_tokenizer(cfg.token.placeholder, cfg.token.num_vectors,
+                                                preset.text_encoder.max_length, cfg.token.truncate_long_prompts)
+    init_ids = initializer_ids(tokenizer, cfg.token.initializer)
     examples = load_concept(
         cfg.data.concept_dir, cfg.token.placeholder, load_templates(cfg.data.templates), cfg.data.resolution,
         crop=cfg.data.crop, flip=cfg.data.flip, crops_per_image=cfg.data.crops_per_image, repeats=cfg.data.repeats,
@@ -163,12 +145,12 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     caption_tokens = tokenizer(examples.captions)
     log.info("concept: %d images, %d variants, %d captions", examples.num_sources, examples.num_variants, len(examples.captions))
 
-    vae_encoder = load_component(cfg.model, "vae_encoder")
+    vae_encoder = load_component(source, "vae_encoder")
     moments = encode_latents(vae_encoder, examples.images, cfg.trainer.encode_batch_size)
     del vae_encoder
     gc.collect()
 
-    tuner, initial_vectors = build_tuner(cfg, moments, caption_tokens, init_ids, strategy)
+    tuner, initial_vectors = build_tuner(cfg, source, moments, caption_tokens, init_ids, strategy)
     text_encoder, unet = tuner.text_encoder, tuner.unet
 
     accumulation = cfg.trainer.gradient_accumulation_steps
@@ -187,6 +169,8 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         "num_vectors": str(cfg.token.num_vectors), "placeholder_ids": json.dumps(placeholder_ids),
     }
 
+    logger = Tracker() if worker else make_tracker(cfg, run_dir)
+
     def vectors() -> np.ndarray:
         return keras.ops.convert_to_numpy(tuner.learned_vectors).astype("float32")
 
@@ -197,12 +181,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         save_diffusers_embedding(snapshot, cfg.token.placeholder, vectors(), {**metadata, "steps": str(step)})
         logger.log_embedding(snapshot, step, metadata)
 
-    renderer = None
-    if cfg.eval.enabled:
-        decoder = load_component(cfg.model, "vae_decoder")
-        renderer = PromptRenderer(tokenizer, text_encoder, unet, decoder, cfg.data.resolution, cfg.model.jit_compile)
-
-    logger = Tracker() if worker else make_tracker(cfg, run_dir)
+    renderer = build_renderer(source, tokenizer, text_encoder, unet, cfg.data.resolution) if cfg.eval.enabled else None
     preview_prompt = expand_prompt(cfg.eval.prompts[0], cfg.token.placeholder) if cfg.eval.prompts else None
 
     def preview(step: int) -> None:
@@ -240,8 +219,8 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     sampling = quality = None
     if renderer is not None and cfg.eval.prompts:
         rendered = render_eval_prompts(renderer, cfg.eval, cfg.token.placeholder, run_dir / "samples")
-        quality = score_rendered(rendered, cfg.token.placeholder, cfg.model, cfg.eval.reference_dir or cfg.data.concept_dir,
-                                 cfg.data.resolution)
+        quality = score_rendered(rendered, cfg.token.placeholder, cfg.model.judge, preset,
+                                 cfg.eval.reference_dir or cfg.data.concept_dir, cfg.data.resolution)
         sampling = {k: getattr(cfg.eval, k) for k in ("num_steps", "guidance_scale", "eta", "seed", "images_per_prompt", "negative_prompt")}
         sampling["prompts"] = [expand_prompt(p, cfg.token.placeholder) for p in cfg.eval.prompts]
 

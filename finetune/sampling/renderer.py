@@ -6,11 +6,17 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from finetune.backends import compiled_call
 from finetune.diffusion.schedule import NoiseSchedule
-from finetune.evaluation.grid import to_uint8
-from finetune.sampling import DDIMSampler, SamplerSettings
+from finetune.sampling.ddim import DDIMSampler, SamplerSettings
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Map images in [-1, 1] (any shape) to uint8 [0, 255]: clip, scale, round."""
+    x = np.clip(np.asarray(images, dtype=np.float32), -1.0, 1.0)
+    x = np.nan_to_num(x, nan=0.0)
+    return np.rint((x + 1.0) * 127.5).astype(np.uint8)
 
 
 def expand_prompt(prompt: str, placeholder: str) -> str:
@@ -35,8 +41,8 @@ class PromptRenderer:
         factor = vae_decoder.spec.downsampling_factor
         self.latent_shape = (resolution // factor, resolution // factor, vae_decoder.spec.latent_channels)
         self.schedule = NoiseSchedule()
-        self._denoise = tf.function(lambda x, t, c: unet(x, t, c), jit_compile=jit_compile, reduce_retracing=True)
-        self._decode = tf.function(lambda z: vae_decoder(z), jit_compile=jit_compile, reduce_retracing=True)
+        self._denoise = compiled_call(unet, jit_compile)
+        self._decode = compiled_call(vae_decoder, jit_compile)
 
     def encode(self, prompts: list[str]) -> np.ndarray:
         return keras.ops.convert_to_numpy(self.text_encoder(self.tokenizer(prompts)))
@@ -53,5 +59,5 @@ class PromptRenderer:
         noise = np.stack([np.random.default_rng(s).standard_normal(self.latent_shape, dtype=np.float32) for _, s in jobs])
         sampler = DDIMSampler(self.schedule, settings)
         latents = sampler.sample(self._denoise, context, uncond, self.latent_shape, initial_noise=noise, progress=progress)
-        images = to_uint8(keras.ops.convert_to_numpy(self._decode(tf.constant(latents))))
+        images = to_uint8(keras.ops.convert_to_numpy(self._decode(latents)))
         return [RenderedImage(p, s, img) for (p, s), img in zip(jobs, images)]

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune.evaluation.render import PromptRenderer, expand_prompt
 from finetune.evaluation.scores import measure_images, read_concept, score_images
 from finetune.sampling import SamplerSettings
+from finetune.sampling.renderer import PromptRenderer, expand_prompt
 
 CONCEPT_PROMPT = "a photo of {}"
 # An edited context and the attribute value the edit asks for.
@@ -82,19 +82,20 @@ def quality_row(
 
 def run_quality(cfg, run_dir: str | Path, samples: int = 32, seed: int = 1000, progress: bool = True) -> list[QualityRow]:
     """Train `cfg` (a TrainConfig on a toy-world concept) into `run_dir`, then score the four rows."""
+    from finetune.assembly import build_pipeline, resolve_model
     from finetune.errors import ConfigError
     from finetune.evaluation.judge import load_judge
     from finetune.evaluation.stage import reference_images
     from finetune.export.diffusers_format import DEFAULT_FILENAME, load_diffusers_embedding
-    from finetune.models import load_component
-    from finetune.training.run import initializer_ids, make_tokenizer, train
+    from finetune.training.run import train
 
     meta = read_concept(cfg.data.concept_dir) or {}
     target = meta.get("toyworld_attributes")
     if target is None:
         raise ConfigError(f"data.concept_dir={cfg.data.concept_dir}: no concept.json with toyworld_attributes; "
                           "the quality benchmark needs a toy-world concept (scripts/make_concept.py)")
-    judge = load_judge(cfg.model)
+    source = resolve_model(cfg.model)
+    judge = load_judge(cfg.model.judge, source.preset)
     if judge is None:
         raise ConfigError(f"model={cfg.model.preset}: model.judge is not set; the quality benchmark needs a CLIP judge")
 
@@ -104,16 +105,14 @@ def run_quality(cfg, run_dir: str | Path, samples: int = 32, seed: int = 1000, p
     _, learned, _ = load_diffusers_embedding(Path(run_dir) / DEFAULT_FILENAME)
 
     placeholder = cfg.token.placeholder
-    text_encoder = load_component(cfg.model, "text_encoder", num_placeholder_vectors=cfg.token.num_vectors)
-    tokenizer, _ = make_tokenizer(cfg.token, text_encoder.spec.max_length)
-    embedding = text_encoder.token_embedding
+    pipeline = build_pipeline(source, placeholder, cfg.token.num_vectors, cfg.data.resolution,
+                              truncate_long_prompts=cfg.token.truncate_long_prompts)
     vectors = {
-        "random token": embedding.initial_vectors([], seed),
-        "initializer token": embedding.initial_vectors(initializer_ids(tokenizer, cfg.token), cfg.seed),
+        "random token": pipeline.initial_vectors(None, seed),
+        "initializer token": pipeline.initial_vectors(cfg.token.initializer, cfg.seed),
         "learned token": learned,
     }
-    renderer = PromptRenderer(tokenizer, text_encoder, load_component(cfg.model, "unet"),
-                              load_component(cfg.model, "vae_decoder"), cfg.data.resolution)
+    renderer = pipeline.renderer
     settings = SamplerSettings(num_steps=cfg.eval.num_steps, guidance_scale=cfg.eval.guidance_scale, eta=0.0, seed=seed)
     reference = reference_images(cfg.data.concept_dir, cfg.data.resolution)
     common = dict(renderer=renderer, judge=judge, reference=reference, target=target, never_named=meta.get("never_named", []),
@@ -122,7 +121,7 @@ def run_quality(cfg, run_dir: str | Path, samples: int = 32, seed: int = 1000, p
     rows = []
     for name in ROWS:
         if name in vectors:
-            embedding.set_learned_vectors(vectors[name])
+            pipeline.set_vectors(vectors[name])
             concept_prompt, edit_prompts = token_prompts
         else:  # the oracle: the concept's nameable attributes in words
             concept_prompt, edit_prompts = oracle_prompts(target, common["never_named"])

@@ -1,0 +1,1 @@
+"""Benchmarks that train and then measure: the learning-quality table (`quality`)."""
