@@ -12,7 +12,8 @@ from finetune.assembly import load_component, resolve_model
 from finetune.models.presets import get_preset
 from finetune.training.checkpoints import list_checkpoints
 from finetune.training.fine_tuner import StableDiffusionFineTuner
-from finetune.training.run import make_optimizer, train
+from finetune.training.build import make_optimizer
+from finetune.training.run import train
 from finetune.training.schedules import WarmupDecay
 from tests.conftest import FAST, compose_train
 

@@ -43,7 +43,7 @@ from finetune.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-VARIANT, CAPTION = 0, 1  # the columns of a training batch
+from finetune.data.columns import CAPTION, VARIANT  # noqa: F401  (the columns of a training batch)
 CROP_MODES = ("center", "random_resized")
 CROP_SCALE = (0.5, 1.0)  # fraction of the image area kept by a random-resized crop
 CROP_RATIO = (3 / 4, 4 / 3)  # width / height of a random-resized crop

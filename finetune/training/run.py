@@ -16,17 +16,15 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 from omegaconf import OmegaConf
 
 from finetune.assembly import (
-    ModelSource, build_renderer, check_resolution, initializer_ids, load_component, load_text_encoder, make_tokenizer,
+    ModelSource, build_renderer, check_resolution, initializer_ids, load_component, make_tokenizer,
     require_weights, resolve_model,
 )
-from finetune.backends import compiled_call
+from finetune.backends import compiled_call, enable_determinism
 from finetune.data.pipeline import load_concept, training_dataset
 from finetune.data.templates import load_templates
-from finetune.diffusion.schedule import NoiseSchedule
 from finetune.errors import ConfigError
 from finetune.evaluation.grid import make_grid, save_png_atomic
 from finetune.evaluation.stage import render_eval_prompts, sampler_settings, score_rendered
@@ -37,10 +35,9 @@ from finetune.reporting import write_run_report
 from finetune.sampling.renderer import expand_prompt
 from finetune.tracking import Tracker, make_tracker
 from finetune.training import callbacks as cb
+from finetune.training.build import build_tuner
 from finetune.training.checkpoints import find_resume_checkpoint, restore_checkpoint, save_checkpoint
-from finetune.training.distribute import adapt_optimizer, check_trainer, make_strategy, worker_index
-from finetune.training.fine_tuner import StableDiffusionFineTuner
-from finetune.training.schedules import WarmupDecay
+from finetune.training.distribute import make_strategy, worker_index
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +61,6 @@ def encode_latents(vae_encoder, images: np.ndarray, batch_size: int) -> np.ndarr
     ])
 
 
-def make_optimizer(trainer_cfg, replicas: int = 1) -> keras.optimizers.Optimizer:
-    t = trainer_cfg
-    lr = t.learning_rate * (t.batch_size * t.gradient_accumulation_steps * replicas if t.scale_lr else 1)
-    return keras.optimizers.AdamW(
-        learning_rate=WarmupDecay(lr, t.max_steps, t.warmup_steps, t.lr_schedule),
-        weight_decay=t.weight_decay,
-        beta_1=t.adam_beta1,
-        beta_2=t.adam_beta2,
-        epsilon=t.adam_epsilon,
-        global_clipnorm=t.max_grad_norm,
-        gradient_accumulation_steps=t.gradient_accumulation_steps if t.gradient_accumulation_steps > 1 else None,
-    )
-
-
 def validate(cfg, source: ModelSource) -> None:
     t = cfg.trainer
     for key, value, low in (
@@ -90,28 +73,6 @@ def validate(cfg, source: ModelSource) -> None:
     if t.learning_rate <= 0:
         raise ConfigError(f"trainer.learning_rate={t.learning_rate} must be > 0")
     check_resolution(source.preset, cfg.data.resolution)
-
-
-def build_tuner(cfg, source: ModelSource, moments: np.ndarray, caption_tokens: np.ndarray, init_ids: list[int],
-                strategy: tf.distribute.Strategy | None = None):
-    """Text encoder (learned vectors at their start values) + UNet + the compiled trainer, built in
-    the scope of `strategy` (default: `trainer.strategy`, made now). Returns the trainer and the start vectors."""
-    strategy = strategy or make_strategy(cfg.trainer.strategy)
-    check_trainer(cfg.trainer, strategy)
-    with strategy.scope():
-        text_encoder = load_text_encoder(source, cfg.token.num_vectors)
-        initial_vectors = text_encoder.token_embedding.initial_vectors(init_ids, cfg.seed)
-        text_encoder.token_embedding.set_learned_vectors(initial_vectors)
-        unet = load_component(source, "unet")
-        unet.gradient_checkpointing = cfg.trainer.gradient_checkpointing
-        tuner = StableDiffusionFineTuner(
-            text_encoder, unet, moments, caption_tokens, NoiseSchedule(), source.preset.vae.scaling_factor, seed=cfg.seed,
-        )
-        optimizer = make_optimizer(cfg.trainer)
-        adapt_optimizer(optimizer, strategy)
-        tuner.compile(optimizer=optimizer, jit_compile=source.jit_compile)
-        tuner.optimizer.build([tuner.learned_vectors])
-    return tuner, initial_vectors
 
 
 def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict:
@@ -132,7 +93,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     if worker:  # every worker trains the same vectors; only the chief's outputs land in the run folder
         run_dir = run_dir / f"worker-{worker}"
         log.info("multi-worker task %d: outputs in %s, no tracking", worker, run_dir)
-    tf.config.experimental.enable_op_determinism()
+    enable_determinism()
 
     tokenizer, placeholder_ids = make_tokenizer(cfg.token.placeholder, cfg.token.num_vectors,
                                                 preset.text_encoder.max_length, cfg.token.truncate_long_prompts)
@@ -171,10 +132,10 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
 
     logger = Tracker() if worker else make_tracker(cfg, run_dir)
 
-    def vectors() -> np.ndarray:
-        return keras.ops.convert_to_numpy(tuner.learned_vectors).astype("float32")
+    vectors = tuner.current_vectors
 
     def save(step: int) -> None:
+        tuner.sync_variables()  # the optimizer's state too
         save_checkpoint(run_dir, step, checkpoint_groups,
                         {"fingerprint": run_fingerprint, "seed": cfg.seed}, keep=cfg.trainer.keep_checkpoints)
         snapshot = run_dir / f"learned_embeds-steps-{step}.safetensors"
@@ -187,6 +148,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     def preview(step: int) -> None:
         if renderer is None or preview_prompt is None:
             return
+        tuner.sync_variables()
         image = renderer.render([preview_prompt], sampler_settings(cfg.eval), 1, cfg.eval.negative_prompt, progress=False)[0]
         save_png_atomic(make_grid([image.image], [f"step {step}: {image.label}"]), cb.preview_path(run_dir, step))
         logger.log_preview(image, step)
@@ -204,7 +166,8 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     train_started = time.perf_counter()
     if remaining > 0:
         dataset = training_dataset(examples, cfg.trainer.batch_size, cfg.seed).skip(start_micro)
-        tuner.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=callbacks, verbose=0, shuffle=False)
+        with strategy.scope():
+            tuner.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=callbacks, verbose=0, shuffle=False)
     train_seconds = time.perf_counter() - train_started
 
     final = vectors()
