@@ -7,15 +7,20 @@ Positional arguments are `python -m finetune.train` overrides (e.g. `model=sd_v1
 data.resolution=256 trainer.batch_size=1 model.precision=mixed_bfloat16 model.frozen_dtype=bfloat16`).
 One run measures, in this order:
 
-1. the matmul peak: the median rate of large square `tf.matmul`s (float32 and bfloat16, plus
-   float16 for mixed_float16), the ceiling any model here could reach;
+Under either Keras backend (`KERAS_BACKEND=tensorflow|jax`; the backend's measuring tools are
+finetune/benchmarks/speed_tf.py and speed_jax.py, and the JAX path imports no TensorFlow, so it runs
+on a GPU machine that has JAX only: docs/gpu.md).
+
+1. the matmul peak: the median rate of large square matmuls (`tf.matmul` / `jnp.dot`; float32 and
+   bfloat16, plus float16 for mixed_float16), the ceiling any model here could reach;
 2. training: the config's trainer (the text encoder with the learned vectors, the frozen UNet, the
    optimizer: `finetune.training.run.build_tuner`) fed cached latents (random posterior moments of
    the right shape: the VAE encoder runs once before training and is not part of a step). Median
    seconds per step after warm-up (the first step, with tracing and XLA compilation, and the other
-   warm-up steps are reported apart), images/s, FLOPs per step counted from the step's graph
-   (`graph_flops`), the achieved rate and its fraction of the peak of the compute dtype, and the
-   peak resident memory while training (sampled every 10 ms);
+   warm-up steps are reported apart), images/s, FLOPs per step (TensorFlow: counted from the step's
+   graph; JAX: XLA's cost analysis of the compiled step), the achieved rate and its fraction of the
+   peak of the compute dtype, the peak resident memory while training (sampled every 10 ms) and, on
+   a GPU under JAX, the device's peak memory;
 3. sampling: `PromptRenderer` (the run's own renderer: cond + uncond in one UNet call per step),
    50 DDIM steps with guidance 7.5 by default, seconds per image after a 2-step warm-up;
 4. with --keras-cv (sd_v1 presets only): keras-cv 0.9.0's own `StableDiffusion.generate_image`
@@ -24,8 +29,8 @@ One run measures, in this order:
    (`download_weights=False` components set on the `StableDiffusion` object: keras-cv's constructor
    would download weights and its tokenizer; `generate_image` itself needs neither, and the prompt
    is encoded by keras-cv's text encoder from this project's token ids);
-5. with --profile: one more training step and one UNet call under the TensorFlow profiler, and the
-   time per op type, to show where the time goes.
+5. with --profile (TensorFlow): one more training step and one UNet call under the TensorFlow profiler,
+   and the time per op type, to show where the time goes.
 
 It prints a table and writes everything to --out (JSON).
 """
@@ -47,116 +52,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import importlib  # noqa: E402
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
+from finetune.backends import name as backend_name  # noqa: E402
+
+# The backend's own measuring tools: finetune/benchmarks/speed_tf.py or speed_jax.py (no TensorFlow).
+speed = importlib.import_module({"tensorflow": "finetune.benchmarks.speed_tf",
+                                 "jax": "finetune.benchmarks.speed_jax"}[backend_name()])
 GB = 1024**3
-# Ops whose FLOPs `graph_flops` counts: everything else (elementwise, norms, softmax) is a small
-# share of the FLOPs, though not of the time (see --profile).
-MATMUL_LIKE = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum",
-               "Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
 PEAK_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 
 
 # ---------------------------------------------------------------------------------------------
 # Measuring tools
-
-
-def matmul_peak(dtype: str, size: int, repeats: int) -> dict:
-    """Median FLOP rate of `repeats` [size, size] @ [size, size] products in `dtype` (after one warm-up)."""
-    a = tf.cast(tf.random.normal([size, size]), dtype)
-    b = tf.cast(tf.random.normal([size, size]), dtype)
-    product = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.matmul(x, y), "float32")))
-    product(a, b).numpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product(a, b).numpy()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"size": size, "repeats": repeats, "median_s": median, "gflops": 2 * size**3 / median / 1e9}
-
-
-def _dims(tensor) -> list[int]:
-    dims = tensor.shape.as_list()
-    if any(d is None for d in dims):
-        raise ValueError(f"{tensor.name} has an unknown dimension {dims}: trace with fixed shapes")
-    return dims
-
-
-def op_flops(op) -> int:
-    """2 x multiply-adds of one matmul-like op (0 for every other op)."""
-    kind = op.type
-    if kind == "MatMul":
-        a, b = _dims(op.inputs[0]), _dims(op.inputs[1])
-        m, k = (a[1], a[0]) if op.get_attr("transpose_a") else (a[0], a[1])
-        n = b[0] if op.get_attr("transpose_b") else b[1]
-        return 2 * m * n * k
-    if kind.startswith("BatchMatMul"):
-        a = _dims(op.inputs[0])
-        k = a[-2] if op.get_attr("adj_x") else a[-1]
-        return 2 * int(np.prod(_dims(op.outputs[0]))) * k
-    if kind == "Einsum":
-        terms = op.get_attr("equation").decode().split("->")[0].split(",")
-        if len(terms) != 2 or "." in "".join(terms):
-            raise ValueError(f"cannot count einsum {op.get_attr('equation')}")
-        sizes = {}
-        for term, tensor in zip(terms, op.inputs):
-            sizes.update(zip(term, _dims(tensor)))
-        return 2 * int(np.prod(list(sizes.values())))
-    if kind == "Conv2D":
-        kh, kw, cin, _ = _dims(op.inputs[1])
-        return 2 * int(np.prod(_dims(op.outputs[0]))) * kh * kw * cin
-    if kind == "Conv2DBackpropInput":  # inputs: input_sizes, filter, out_backprop
-        kh, kw, cin, _ = _dims(op.inputs[1])
-        return 2 * int(np.prod(_dims(op.inputs[2]))) * kh * kw * cin
-    if kind == "Conv2DBackpropFilter":  # inputs: input, filter_sizes, out_backprop; output: the filter gradient
-        kh, kw, cin, _ = _dims(op.outputs[0])
-        return 2 * int(np.prod(_dims(op.inputs[2]))) * kh * kw * cin
-    return 0
-
-
-def live_ops(graph) -> list:
-    """The ops that run: those the graph's outputs and stateful effects (variable updates) depend on.
-
-    Grappler prunes the rest before execution (e.g. the weight gradients that tf.GradientTape's
-    gradient functions emit for frozen kernels and nobody reads).
-    """
-    todo = [t.op for t in graph.outputs] + list(graph.control_outputs)
-    seen = {}
-    while todo:
-        op = todo.pop()
-        if op.name in seen:
-            continue
-        seen[op.name] = op
-        todo.extend(t.op for t in op.inputs)
-        todo.extend(op.control_inputs)
-    return list(seen.values())
-
-
-def graph_flops(concrete_function) -> dict:
-    """FLOPs of one call, counted from its traced graph: 2 x multiply-adds of every live matmul-like op."""
-    graph = concrete_function.graph
-    live = live_ops(graph)
-    by_type: dict[str, int] = {}
-    for op in live:
-        if op.type in MATMUL_LIKE:
-            by_type[op.type] = by_type.get(op.type, 0) + op_flops(op)
-    live_names = {op.name for op in live}
-    pruned_filter_grads = sum(1 for op in graph.get_operations()
-                              if op.type == "Conv2DBackpropFilter" and op.name not in live_names)
-    return {
-        "flops": int(sum(by_type.values())),
-        "by_op_type": by_type,
-        "live_ops": len(live),
-        "graph_ops": len(graph.get_operations()),
-        # Weight gradients of frozen convolutions: emitted by the tape, pruned, never run.
-        "conv_weight_gradients_live": sum(1 for op in live if op.type == "Conv2DBackpropFilter"),
-        "conv_weight_gradients_pruned": pruned_filter_grads,
-        # A dense layer's kernel gradient is x^T @ dy: a MatMul with transpose_a.
-        "dense_weight_gradients_live": sum(1 for op in live if op.type == "MatMul" and op.get_attr("transpose_a")),
-    }
 
 
 class PeakRss:
@@ -189,44 +100,11 @@ class PeakRss:
         return self.peak / GB
 
 
-def op_time_profile(run, logdir: Path, top: int = 15) -> dict:
-    """Run `run()` under the TensorFlow profiler; total op time per op type (all threads added up)."""
-    import glob
-
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    tf.profiler.experimental.start(str(logdir))
-    start = time.perf_counter()
-    run()
-    wall = time.perf_counter() - start
-    tf.profiler.experimental.stop()
-    space = xplane_pb2.XSpace()
-    space.ParseFromString(Path(sorted(glob.glob(str(logdir / "plugins/profile/*/*.xplane.pb")))[-1]).read_bytes())
-    per_type: dict[str, float] = {}
-    for plane in space.planes:
-        for line in plane.lines:
-            if line.name == "python":
-                continue
-            for event in line.events:
-                kind = plane.event_metadata[event.metadata_id].display_name  # op events carry their op type here
-                if kind:
-                    per_type[kind] = per_type.get(kind, 0.0) + event.duration_ps * 1e-12
-    total = sum(per_type.values())
-    matmul_like = sum(t for k, t in per_type.items() if any(w in k for w in ("MatMul", "Conv", "Einsum")))
-    ranked = sorted(per_type.items(), key=lambda kv: -kv[1])
-    return {
-        "wall_s": wall,
-        "op_seconds_total": total,
-        "matmul_conv_share": matmul_like / total if total else None,
-        "top_ops": [{"op": k, "seconds": round(t, 4), "share": round(t / total, 4)} for k, t in ranked[:top]],
-    }
-
-
 def machine_info() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return {"cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "python": platform.python_version(), "loadavg_start": os.getloadavg()}
+    return {"cpu": cpu, "cores": os.cpu_count(), "backend": backend_name(), "keras": keras.__version__,
+            **speed.versions(), "python": platform.python_version(), "loadavg_start": os.getloadavg()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,12 +112,12 @@ def machine_info() -> dict:
 
 
 def build_trainer(cfg):
-    """The run's trainer (finetune.training.run.build_tuner) on random cached posterior moments."""
-    from finetune.assembly import make_tokenizer, resolve_model
-    from finetune.training.run import build_tuner, validate
+    """The run's trainer (finetune.training.build.build_tuner) on random cached posterior moments."""
+    from finetune.assembly import check_resolution, make_tokenizer, resolve_model
+    from finetune.training.build import build_tuner
 
     source = resolve_model(cfg.model)
-    validate(cfg, source)
+    check_resolution(source.preset, cfg.data.resolution)
     preset = source.preset
     tokenizer, _ = make_tokenizer(cfg.token.placeholder, cfg.token.num_vectors, preset.text_encoder.max_length)
     captions = [t.format(cfg.token.placeholder) for t in ("a photo of a {}", "a rendering of a {}", "a close-up photo of the {}")]
@@ -268,28 +146,26 @@ def bench_training(cfg, tuner, num_variants: int, num_captions: int, steps: int,
     rng = np.random.default_rng(1)
     n = (steps + warmup + 1) * batch
     rows = np.stack([rng.integers(0, num_variants, n), rng.integers(0, num_captions, n)], axis=1)  # VARIANT, CAPTION
-    dataset = tf.data.Dataset.from_tensor_slices(rows.astype("int32")).batch(batch, drop_remainder=True).repeat()
 
     traces = []
     step = tuner.train_step
-    tuner.train_step = lambda data: (traces.append(1), step(data))[1]  # runs once per trace, not per step
+    tuner.train_step = lambda *args: (traces.append(1), step(*args))[1]  # runs once per trace, not per step
     timer = StepTimer()
     with PeakRss() as rss:
-        tuner.fit(dataset, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
+        tuner.fit(rows.astype("int32"), batch_size=batch, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer],
+                  verbose=0, shuffle=False)
     tuner.train_step = step
+    device = speed.device_memory()
     measured = timer.times[warmup:]
     median = statistics.median(measured)
 
-    spec = tf.TensorSpec([batch, 2], tf.int32)
-    counted = graph_flops(tf.function(step).get_concrete_function(spec))
+    counted = speed.step_flops(tuner, batch)
     unet, text_encoder = tuner.unet, tuner.text_encoder
     hw = tuner.latent_moments.shape[1]
-    channels = unet.spec.latent_channels
-    unet_fwd = graph_flops(tf.function(lambda x, t, c: unet(x, t, c)).get_concrete_function(
-        tf.TensorSpec([batch, hw, hw, channels]), tf.TensorSpec([batch], tf.int32),
-        tf.TensorSpec([batch, text_encoder.spec.max_length, text_encoder.spec.width])))["flops"]
-    text_fwd = graph_flops(tf.function(lambda ids: text_encoder(ids)).get_concrete_function(
-        tf.TensorSpec([batch, text_encoder.spec.max_length], tf.int32)))["flops"]
+    length, width = text_encoder.spec.max_length, text_encoder.spec.width
+    unet_fwd = speed.call_flops(unet, ([batch, hw, hw, unet.spec.latent_channels], "float32"), ([batch], "int32"),
+                                ([batch, length, width], "float32"))
+    text_fwd = speed.call_flops(text_encoder, ([batch, length], "int32"))
     peak_dtype = PEAK_DTYPE[cfg.model.precision]
     achieved = counted["flops"] / median
     return {
@@ -302,17 +178,18 @@ def bench_training(cfg, tuner, num_variants: int, num_captions: int, steps: int,
         "images_per_s": batch / median,
         "step_traces": len(traces),
         "flops_per_step": counted["flops"],
-        "flops_method": "graph: 2 x multiply-adds of the live MatMul/BatchMatMul/Einsum/Conv2D(+backprop) ops of the traced train_step",
-        "flops_by_op_type": counted["by_op_type"],
+        "flops_method": speed.FLOPS_METHOD,
+        "flops_by_op_type": counted.get("by_op_type"),
         "unet_forward_flops": unet_fwd,
         "text_encoder_forward_flops": text_fwd,
         "step_over_forward": counted["flops"] / (unet_fwd + text_fwd),
-        "weight_gradients": {k: counted[k] for k in counted if "weight_gradients" in k},
+        "weight_gradients": counted.get("weight_gradients"),
         "trainable_variables": [v.path for v in tuner.trainable_variables],
         "achieved_gflops": achieved / 1e9,
         "peak_dtype": peak_dtype,
         "fraction_of_peak": achieved / (peaks[peak_dtype]["gflops"] * 1e9),
         "peak_rss_gb": rss.gb,
+        "peak_device_memory_gb": device["peak_bytes"] / GB if device else None,
     }
 
 
@@ -331,8 +208,8 @@ def bench_sampling(cfg, tuner, tokenizer, source, num_steps: int, guidance: floa
         seconds = time.perf_counter() - start
     latent = renderer.latent_shape
     context = (2 * images, tuner.text_encoder.spec.max_length, tuner.text_encoder.spec.width)
-    unet_call = graph_flops(tf.function(lambda x, t, c: tuner.unet(x, t, c)).get_concrete_function(
-        tf.TensorSpec([2 * images, *latent]), tf.TensorSpec([2 * images], tf.int32), tf.TensorSpec(context)))["flops"]
+    unet_call = speed.call_flops(tuner.unet, ([2 * images, *latent], "float32"), ([2 * images], "int32"),
+                                 (context, "float32"))
     # One compiled UNet call (cond + uncond batch) alone: the rest of a sampling step is loop overhead.
     x, t, c = np.zeros((2 * images, *latent), "float32"), np.full((2 * images,), 500, "int32"), np.zeros(context, "float32")
     call_times = []
@@ -341,13 +218,13 @@ def bench_sampling(cfg, tuner, tokenizer, source, num_steps: int, guidance: floa
         np.asarray(renderer._denoise(x, t, c))
         call_times.append(time.perf_counter() - start)
     unet_call_s = statistics.median(call_times)
-    decode = graph_flops(tf.function(lambda z: renderer.vae_decoder(z)).get_concrete_function(tf.TensorSpec([images, *latent])))["flops"]
+    decode = speed.call_flops(renderer.vae_decoder, ([images, *latent], "float32"))
     flops = num_steps * unet_call + decode
     peak_dtype = PEAK_DTYPE[cfg.model.precision]
     return {
         "num_steps": num_steps, "guidance_scale": guidance, "images": images,
         "warmup_s": warmup, "seconds": seconds, "s_per_image": seconds / images,
-        "unet_traces": renderer._denoise.experimental_get_tracing_count(),
+        "unet_traces": getattr(renderer._denoise, "experimental_get_tracing_count", lambda: None)(),
         "unet_call_s": unet_call_s,
         "loop_overhead_share": max(0.0, 1 - (num_steps * unet_call_s) / seconds),
         "flops_per_image": flops / images,
@@ -419,6 +296,8 @@ def print_table(result: dict) -> None:
              f"{t['step_over_forward']:.2f} x (UNet {t['unet_forward_flops'] / 1e9:.1f} + text {t['text_encoder_forward_flops'] / 1e9:.1f}) fwd"),
             ("train: achieved", f"{t['achieved_gflops']:.1f} GFLOP/s", f"{100 * t['fraction_of_peak']:.1f}% of the {t['peak_dtype']} peak"),
             ("train: peak RSS", f"{t['peak_rss_gb']:.2f} GB", ""),
+            *([("train: peak device memory", f"{t['peak_device_memory_gb']:.2f} GB", "memory_stats(), after the timed steps")]
+              if t.get("peak_device_memory_gb") is not None else []),
         ]
     s = result.get("sampling")
     if s:
@@ -458,7 +337,7 @@ def main(argv=None) -> dict:
                         "jit_compile": m.jit_compile, "num_vectors": cfg.token.num_vectors, "strategy": cfg.trainer.strategy}
 
     dtypes = ["float32", "bfloat16"] + (["float16"] if m.precision == "mixed_float16" else [])
-    result["matmul_peak"] = {d: matmul_peak(d, args.matmul_size, args.matmul_repeats) for d in dtypes}
+    result["matmul_peak"] = {d: speed.matmul_peak(d, args.matmul_size, args.matmul_repeats) for d in dtypes}
 
     with PeakRss() as build_rss:
         tuner, tokenizer, source, num_variants, num_captions = build_trainer(cfg)
@@ -472,19 +351,9 @@ def main(argv=None) -> dict:
     if args.profile:
         import tempfile
 
-        result["profile"] = {}
         with tempfile.TemporaryDirectory() as tmp:
-            if not args.no_training:
-                data = tf.data.Dataset.from_tensors(tf.zeros([cfg.trainer.batch_size, 2], tf.int32)).repeat()
-                result["profile"]["train_step"] = op_time_profile(
-                    lambda: tuner.fit(data, epochs=1, steps_per_epoch=1, verbose=0), Path(tmp) / "train")
-            if renderer is not None:
-                latent = renderer.latent_shape
-                x = tf.zeros([2, *latent])
-                t = tf.constant([500, 500], tf.int32)
-                c = tf.zeros([2, tuner.text_encoder.spec.max_length, tuner.text_encoder.spec.width])
-                result["profile"]["sampling_unet_call"] = op_time_profile(lambda: renderer._denoise(x, t, c).numpy(),
-                                                                          Path(tmp) / "sample")
+            result["profile"] = speed.profile(None if args.no_training else tuner, renderer, cfg.trainer.batch_size,
+                                              Path(tmp))
     result["peak_rss_gb_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB
     if args.keras_cv:
         if m.preset != "sd_v1":

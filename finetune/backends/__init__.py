@@ -39,3 +39,9 @@ def compiled_call(model, jit_compile: bool = False):
 def enable_determinism() -> None:
     """Make every op of this process deterministic (same inputs, same bits)."""
     active().enable_determinism()
+
+
+def set_random_seed(seed: int) -> None:
+    """Seed Keras' initializers (and Python's and NumPy's global generators) without importing
+    TensorFlow where the backend does not need it (keras.utils.set_random_seed imports it if installed)."""
+    active().set_random_seed(seed)

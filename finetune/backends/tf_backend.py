@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 
@@ -11,3 +12,7 @@ def compiled_call(model, jit_compile: bool = False):
 
 def enable_determinism() -> None:
     tf.config.experimental.enable_op_determinism()
+
+
+def set_random_seed(seed: int) -> None:
+    keras.utils.set_random_seed(seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from finetune.backends import set_random_seed
 from finetune.errors import ConfigError
 from finetune.models.presets import Preset
 from finetune.models.text_encoder import TextEncoder
@@ -54,7 +55,7 @@ def build_with_policy(preset: Preset, component: str, precision: str = "float32"
     `precision` (what the trainer compiles with)."""
     set_precision(precision)
     keras.config.set_dtype_policy(component_policy(precision, frozen_dtype))
-    keras.utils.set_random_seed(init_seed + COMPONENTS.index(component))
+    set_random_seed(init_seed + COMPONENTS.index(component))
     try:
         return build_component(preset, component, num_placeholder_vectors)
     finally:

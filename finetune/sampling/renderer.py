@@ -47,17 +47,28 @@ class PromptRenderer:
     def encode(self, prompts: list[str]) -> np.ndarray:
         return keras.ops.convert_to_numpy(self.text_encoder(self.tokenizer(prompts)))
 
+    def sample_latents(self, prompts: list[str], settings: SamplerSettings, images_per_prompt: int = 1,
+                       negative_prompt: str = "", progress: bool = True) -> np.ndarray:
+        """Denoised latents [len(prompts) * images_per_prompt, h, w, c], prompt-major; image i of every
+        prompt starts from the noise of seed `settings.seed + i`, so prompts compare like for like."""
+        seeds = [settings.seed + i for i in range(images_per_prompt)]
+        context = self.encode([p for p in prompts for _ in seeds])
+        uncond = self.encode([negative_prompt])
+        noise = np.stack([np.random.default_rng(s).standard_normal(self.latent_shape, dtype=np.float32)
+                          for _ in prompts for s in seeds])
+        sampler = DDIMSampler(self.schedule, settings)
+        return sampler.sample(self._denoise, context, uncond, self.latent_shape, initial_noise=noise, progress=progress)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Images in [-1, 1] (float32 [N, H, W, 3]) of latents."""
+        return keras.ops.convert_to_numpy(self._decode(latents)).astype(np.float32)
+
     def render(
         self, prompts: list[str], settings: SamplerSettings, images_per_prompt: int = 1,
         negative_prompt: str = "", progress: bool = True,
     ) -> list[RenderedImage]:
         """Image i of every prompt starts from the noise of seed `settings.seed + i`, so prompts compare like for like."""
-        seeds = [settings.seed + i for i in range(images_per_prompt)]
-        jobs = [(p, s) for p in prompts for s in seeds]
-        context = self.encode([p for p, _ in jobs])
-        uncond = self.encode([negative_prompt])
-        noise = np.stack([np.random.default_rng(s).standard_normal(self.latent_shape, dtype=np.float32) for _, s in jobs])
-        sampler = DDIMSampler(self.schedule, settings)
-        latents = sampler.sample(self._denoise, context, uncond, self.latent_shape, initial_noise=noise, progress=progress)
-        images = to_uint8(keras.ops.convert_to_numpy(self._decode(latents)))
+        latents = self.sample_latents(prompts, settings, images_per_prompt, negative_prompt, progress)
+        images = to_uint8(self.decode(latents))
+        jobs = [(p, settings.seed + i) for p in prompts for i in range(images_per_prompt)]
         return [RenderedImage(p, s, img) for (p, s), img in zip(jobs, images)]

@@ -97,6 +97,10 @@ class StableDiffusionFineTuner(keras.Model):
         # TensorFlow's trainer calls train_step(data); JAX's calls train_step(state, data).
         return self.backend_step.train_step(self, *args)
 
+    def loss_and_gradient(self, batch, step: int) -> tuple[float, np.ndarray]:
+        """The loss of `batch` (int32 [B, 2]) at update `step` and its gradient for the learned vectors; no update."""
+        return self.backend_step.loss_and_gradient(self, batch, step)
+
     def current_vectors(self) -> np.ndarray:
         """The learned vectors [num_vectors, D] as they are now (also in the middle of a JAX fit)."""
         return self.backend_step.current_vectors(self)

@@ -21,26 +21,29 @@ def _mapping(variables, values):
     return list(zip(variables, values))
 
 
-def train_step(tuner, state, data):
-    trainable, non_trainable, optimizer_values, metrics_values = state
-    batch = data[0] if isinstance(data, (tuple, list)) else data
+def _loss_and_gradients(tuner, trainable, non_trainable, optimizer_values, batch, step):
+    """(scaled loss, loss) and the gradients of the scaled loss for the trainable values."""
     frozen = _mapping(tuner.non_trainable_variables, non_trainable)
-    optimizer_state = _mapping(tuner.optimizer.variables, optimizer_values)
-    counter = tuner.non_trainable_variables.index(tuner.step_counter)
-    step = non_trainable[counter]
-
     with keras.StatelessScope(state_mapping=frozen):
         noisy, timesteps, noise, tokens = tuner.sample_inputs(batch, step)
 
     def loss_fn(trainable_values):
         with keras.StatelessScope(state_mapping=_mapping(tuner.trainable_variables, trainable_values) + frozen):
             loss = tuner.noise_loss(noisy, timesteps, noise, tokens)
-        with keras.StatelessScope(state_mapping=optimizer_state):
+        with keras.StatelessScope(state_mapping=_mapping(tuner.optimizer.variables, optimizer_values)):
             scaled = tuner.optimizer.scale_loss(loss)
         return scaled, loss
 
-    (_, loss), gradients = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    with keras.StatelessScope(state_mapping=optimizer_state):
+    return jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+
+
+def train_step(tuner, state, data):
+    trainable, non_trainable, optimizer_values, metrics_values = state
+    batch = data[0] if isinstance(data, (tuple, list)) else data
+    counter = tuner.non_trainable_variables.index(tuner.step_counter)
+    step = non_trainable[counter]
+    (_, loss), gradients = _loss_and_gradients(tuner, trainable, non_trainable, optimizer_values, batch, step)
+    with keras.StatelessScope(state_mapping=_mapping(tuner.optimizer.variables, optimizer_values)):
         # The gradient's norm before clipping, the loss scale (mixed_float16) divided out; the rate of this update.
         scale = ops.cast(tuner.optimizer.scale_loss(1.0), "float32")
         grad_norm = ops.sqrt(sum(ops.sum(ops.square(ops.cast(g, "float32"))) for g in gradients)) / scale
@@ -50,6 +53,16 @@ def train_step(tuner, state, data):
     non_trainable[counter] = step + 1
     logs = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)
+
+
+def loss_and_gradient(tuner, batch, step: int) -> tuple[float, np.ndarray]:
+    """The loss of `batch` at update `step` and its gradient for the learned vectors (no update)."""
+    values = lambda variables: [v.value for v in variables]  # noqa: E731
+    (_, loss), gradients = _loss_and_gradients(tuner, values(tuner.trainable_variables),
+                                               values(tuner.non_trainable_variables),
+                                               values(tuner.optimizer.variables), batch, step)
+    index = next(i for i, v in enumerate(tuner.trainable_variables) if v is tuner.learned_vectors)
+    return float(loss), np.asarray(gradients[index], dtype="float32")
 
 
 def current_vectors(tuner) -> np.ndarray:

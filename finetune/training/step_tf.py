@@ -9,7 +9,8 @@ import tensorflow as tf
 from finetune.training.distribute_tf import gradient_for_optimizer, replica_position, step_logs
 
 
-def train_step(tuner, batch):
+def train_step(tuner, data):
+    batch = data[0] if isinstance(data, (tuple, list)) else data  # fit(x=array) hands (x,)
     replica, replicas = replica_position()
     first_row = replica * tf.shape(batch)[0]  # this replica's rows of the global batch
     noisy, timesteps, noise, tokens = tuner.sample_inputs(batch, tuner.step_counter, first_row)
@@ -29,6 +30,15 @@ def train_step(tuner, batch):
     tuner.step_counter.assign_add(1)
     # Keras averages these over the replicas: the loss becomes the global batch's.
     return step_logs({"loss": loss, "lr": lr, "grad_norm": grad_norm})
+
+
+def loss_and_gradient(tuner, batch, step: int) -> tuple[float, np.ndarray]:
+    """The loss of `batch` at update `step` and its gradient for the learned vectors (no update)."""
+    noisy, timesteps, noise, tokens = tuner.sample_inputs(batch, step)
+    with tf.GradientTape() as tape:
+        loss = tuner.noise_loss(noisy, timesteps, noise, tokens)
+    gradient = tape.gradient(loss, tuner.learned_vectors)
+    return float(loss), tf.convert_to_tensor(gradient).numpy().astype("float32")
 
 
 def current_vectors(tuner) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""The speed benchmark's JAX side (scripts/benchmark.py): the matmul peak with `jnp.dot`, FLOPs from
+XLA's cost analysis of the compiled programs, the device's peak memory from `memory_stats()`.
+Imports no TensorFlow: this is what runs on a GPU machine that has JAX only (docs/gpu.md)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FLOPS_METHOD = ("XLA cost analysis of the compiled program (every op: matmuls, convolutions and the "
+                "elementwise work; XLA's count of a convolution is 2 x multiply-adds)")
+
+
+def versions() -> dict:
+    return {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+            "devices": [str(d) for d in jax.devices()]}
+
+
+def matmul_peak(dtype: str, size: int, repeats: int) -> dict:
+    """Median FLOP rate of `repeats` [size, size] @ [size, size] products in `dtype` (after one warm-up)."""
+    keys = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(keys[0], (size, size)).astype(dtype)
+    b = jax.random.normal(keys[1], (size, size)).astype(dtype)
+    product = jax.jit(lambda x, y: jnp.sum(jnp.dot(x, y).astype(jnp.float32)))
+    product(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"size": size, "repeats": repeats, "median_s": median, "gflops": 2 * size**3 / median / 1e9}
+
+
+def _flops(compiled) -> int:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older JAX: one dict per device program
+        analysis = analysis[0]
+    return int(analysis.get("flops", 0))
+
+
+def _values(variables):
+    return [v.value for v in variables]
+
+
+def step_flops(tuner, batch_size: int) -> dict:
+    """FLOPs of one training step: the tuner's own train_step, compiled for a [batch, 2] batch."""
+    state = (_values(tuner.trainable_variables), _values(tuner.non_trainable_variables),
+             _values(tuner.optimizer.variables), _values(tuner.metrics_variables))
+    data = jax.ShapeDtypeStruct((batch_size, 2), jnp.int32)
+    compiled = jax.jit(lambda s, d: tuner.train_step(s, d)).lower(state, data).compile()
+    return {"flops": _flops(compiled)}
+
+
+def call_flops(model, *specs) -> int:
+    """FLOPs of one forward call of `model` on inputs of (shape, dtype) `specs`."""
+    call = jax.jit(lambda tv, ntv, *args: model.stateless_call(tv, ntv, *args)[0])
+    args = [jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype)) for shape, dtype in specs]
+    return _flops(call.lower(_values(model.trainable_variables), _values(model.non_trainable_variables), *args).compile())
+
+
+def device_memory() -> dict | None:
+    """Peak memory of the first device (None where JAX keeps no statistics, e.g. on a CPU)."""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if not stats:
+        return None
+    return {"device": str(device), "peak_bytes": int(stats.get("peak_bytes_in_use", 0)),
+            "bytes_limit": int(stats.get("bytes_limit", 0))}
+
+
+def profile(tuner, renderer, batch_size: int, logdir) -> dict:
+    """Op profiles are TensorFlow's here (--profile); on JAX use jax.profiler with TensorBoard."""
+    return {}

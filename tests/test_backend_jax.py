@@ -1,0 +1,130 @@
+"""The JAX backend against TensorFlow: the same step, the same vectors, the same render; determinism and
+resume on JAX; the step path without TensorFlow; a CLI run; two devices. Each backend runs in its own
+process (Keras fixes the backend at import): tests/backend_runs.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import CONCEPT, ROOT
+
+pytest.importorskip("jax")
+pytestmark = pytest.mark.xdist_group("jax")  # one worker runs them one after another: they share the runs below
+
+
+def run_backend(backend: str, out, *flags: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "backend_runs.py"), str(out), *flags], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backends")
+    out = {}
+    for backend in ("tensorflow", "jax"):
+        run_backend(backend, root / backend)
+        out[backend] = root / backend
+    return out
+
+
+def result(folder) -> dict:
+    return json.loads((folder / "result.json").read_text())
+
+
+def relative(a, b) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_first_step_loss_and_gradient_equal_tensorflow(runs):
+    tf_loss, jax_loss = result(runs["tensorflow"])["step"]["loss"], result(runs["jax"])["step"]["loss"]
+    assert abs(jax_loss - tf_loss) <= 1e-5 * abs(tf_loss)
+    gradient_tf, gradient_jax = (np.load(runs[b] / "gradient.npy") for b in ("tensorflow", "jax"))
+    assert np.abs(gradient_tf).max() > 0
+    assert relative(gradient_jax, gradient_tf) <= 1e-5
+
+
+def test_twenty_steps_learn_the_vectors_tensorflow_learns(runs):
+    tf_vectors, jax_vectors = (np.load(runs[b] / "vectors-a.npy") for b in ("tensorflow", "jax"))
+    assert relative(jax_vectors, tf_vectors) <= 1e-3
+    assert not np.allclose(tf_vectors, np.load(runs["tensorflow"] / "vectors-resumed.npy") * 0)
+
+
+def test_same_config_twice_and_resume_are_bitwise_equal_on_jax(runs):
+    a, b, resumed = (np.load(runs["jax"] / f"vectors-{n}.npy") for n in ("a", "b", "resumed"))
+    assert a.tobytes() == b.tobytes()
+    assert result(runs["jax"])["train"]["resumed_from_step"] == 10
+    assert resumed.tobytes() == a.tobytes()
+
+
+def test_only_the_learned_vectors_change_on_jax(runs):
+    frozen = result(runs["jax"])["frozen"]
+    assert frozen["changed"] == ["text_encoder/token_embedding/learned_vectors"]
+    assert frozen["trainable"] == ["text_encoder/token_embedding/learned_vectors"]
+
+
+def test_render_equals_tensorflow(runs):
+    tf_images, jax_images = (np.load(runs[b] / "render.npy") for b in ("tensorflow", "jax"))
+    assert tf_images.shape == (2, 64, 64, 3) and tf_images.std() > 0.05
+    assert np.abs(jax_images - tf_images).max() <= 1e-3 * 2  # the image range is [-1, 1]
+
+
+def test_step_and_render_import_no_tensorflow(runs, tmp_path):
+    assert result(runs["jax"])["modules"] == []
+    done = run_backend("jax", tmp_path, "--no-tensorflow")  # as on a GPU machine without TensorFlow
+    assert "No module named 'tensorflow'" not in done.stderr
+    assert np.load(tmp_path / "gradient.npy").shape == (1, 64)
+
+
+def test_train_command_on_jax(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "finetune.train", f"hydra.run.dir={run_dir}", "trainer.max_steps=3", "trainer.batch_size=2",
+         "eval.images_per_prompt=1", "eval.num_steps=3", 'eval.prompts=["a photo of {}"]', "eval.preview_every=0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and np.isfinite(metrics["final_loss"])
+    assert (run_dir / "samples" / "grid.png").stat().st_size > 0 and (run_dir / "report.html").is_file()
+
+
+TWO_DEVICES = """
+import json, sys
+from finetune.config import compose_config
+from finetune.export.diffusers_format import load_diffusers_embedding
+from finetune.training.run import train
+out, concept, *overrides = sys.argv[1:]
+result = {}
+for strategy in ("default", "mirrored"):
+    metrics = train(compose_config("train", [*overrides, f"data.concept_dir={concept}", f"trainer.strategy={strategy}"]),
+                    f"{out}/{strategy}")
+    result[strategy] = {"replicas": metrics["replicas"], "loss": metrics["loss_history"]["loss"],
+                        "vectors": load_diffusers_embedding(f"{out}/{strategy}/learned_embeds.safetensors")[1].tolist()}
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_mirrored_on_two_jax_cpu_devices_equals_one_device(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    overrides = ["model=tiny_random", "eval.enabled=false", "trainer.checkpoint_every=0", "trainer.max_steps=3",
+                 "trainer.batch_size=4", "trainer.max_grad_norm=0.001", "trainer.weight_decay=0.01",
+                 "trainer.learning_rate=0.05", "token.num_vectors=2"]
+    done = subprocess.run([sys.executable, "-c", TWO_DEVICES, str(tmp_path), str(CONCEPT), *overrides], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
+    one, two = out["default"], out["mirrored"]
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
+    single, mirrored = np.array(one["vectors"]), np.array(two["vectors"])
+    assert np.abs(mirrored - single).max() <= 5e-5 * np.abs(single).max()
