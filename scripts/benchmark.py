@@ -141,8 +141,8 @@ class StepTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def bench_training(cfg, tuner, num_variants: int, num_captions: int, steps: int, warmup: int, peaks: dict) -> dict:
-    batch = cfg.trainer.batch_size
+def bench_training(cfg, tuner, num_variants: int, num_captions: int, steps: int, warmup: int, peaks: dict,
+                   batch: int) -> dict:
     rng = np.random.default_rng(1)
     n = (steps + warmup + 1) * batch
     rows = np.stack([rng.integers(0, num_variants, n), rng.integers(0, num_captions, n)], axis=1)  # VARIANT, CAPTION
@@ -271,6 +271,9 @@ def parse_args(argv=None):
     parser.add_argument("--sample-steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--images", type=int, default=1, help="images rendered in one sampling batch")
+    parser.add_argument("--batch-sizes", type=lambda text: [int(b) for b in text.split(",")], default=None,
+                        help="time the step at each of these batch sizes (e.g. 1,8) with one model build; "
+                             "default: trainer.batch_size")
     parser.add_argument("--no-training", action="store_true")
     parser.add_argument("--no-sampling", action="store_true")
     parser.add_argument("--keras-cv", action="store_true", help="also time keras-cv's StableDiffusion.generate_image")
@@ -282,6 +285,15 @@ def parse_args(argv=None):
     parser.add_argument("--matmul-repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     return parser.parse_args(argv)
+
+
+def print_training(by_batch: dict) -> None:
+    print("\n  batch  median step  compile+first  GFLOP/step  achieved GFLOP/s  of peak  device GB")
+    for batch, t in by_batch.items():
+        device = t.get("peak_device_memory_gb")
+        print(f"  {batch:>5}  {1e3 * t['median_step_s']:8.1f} ms  {t['first_step_s']:10.1f} s  {t['flops_per_step'] / 1e9:10.1f}"
+              f"  {t['achieved_gflops']:16.1f}  {100 * t['fraction_of_peak']:6.1f}%  "
+              + (f"{device:9.2f}" if device is not None else "        -"))
 
 
 def print_table(result: dict) -> None:
@@ -343,7 +355,14 @@ def main(argv=None) -> dict:
         tuner, tokenizer, source, num_variants, num_captions = build_trainer(cfg)
     result["build_peak_rss_gb"] = build_rss.gb
     if not args.no_training:
-        result["training"] = bench_training(cfg, tuner, num_variants, num_captions, args.steps, args.warmup, result["matmul_peak"])
+        batches = args.batch_sizes or [cfg.trainer.batch_size]
+        for batch in batches:  # one model build, one compiled step per batch size
+            measured = bench_training(cfg, tuner, num_variants, num_captions, args.steps, args.warmup,
+                                      result["matmul_peak"], batch)
+            result.setdefault("training_by_batch", {})[str(batch)] = measured
+        result["training"] = result["training_by_batch"][str(batches[-1])]
+        if len(batches) > 1:
+            print_training(result["training_by_batch"])
     renderer = None
     if not args.no_sampling:
         result["sampling"], renderer = bench_sampling(cfg, tuner, tokenizer, source, args.sample_steps, args.guidance, args.images,
