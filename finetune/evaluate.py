@@ -12,7 +12,7 @@ from finetune.config import register_schemas
 register_schemas()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     quiet_frameworks(cfg.verbose)
     from finetune.evaluation.stage import evaluate_embedding

@@ -1,4 +1,4 @@
-"""python -m finetune.train [overrides]: learn a placeholder token from a concept folder (see configs/train.yaml)."""
+"""python -m finetune.train [overrides]: learn a placeholder token from a concept folder (see finetune/configs/train.yaml)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from finetune.config import register_schemas
 register_schemas()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> dict:
     quiet_frameworks(cfg.verbose)
     from finetune.training.run import train

@@ -6,7 +6,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
-CONCEPT = ROOT / "data" / "concepts" / "red-checkered-heart"
+CONCEPT = ROOT / "finetune" / "assets" / "concepts" / "red-checkered-heart"
 
 
 def compose_train(*overrides: str):

@@ -400,7 +400,7 @@ def _compose_evaluate(*overrides: str):
 
     register_schemas()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "finetune" / "configs"), version_base="1.3"):
         return OmegaConf.to_object(compose(config_name="evaluate", overrides=list(overrides)))
 
 

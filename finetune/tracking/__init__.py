@@ -1,4 +1,4 @@
-"""Experiment tracking: one backend per module, chosen by `logger=` (configs/logger/).
+"""Experiment tracking: one backend per module, chosen by `logger=` (finetune/configs/logger/).
 
     base.py                 Tracker (logs nothing: `logger=none`), GuardedTracker (failures are warnings)
     wandb_tracker.py        Weights & Biases: scalars, previews + table, embedding artifacts, summary
