@@ -22,9 +22,6 @@ DEFAULT_CONCEPT = "${finetune_asset:concepts/red-checkered-heart}"
 # null where the config has no data.concept_dir (finetune.evaluate: the embedding file names it).
 DEFAULT_PLACEHOLDER = "${concept_placeholder:${oc.select:data.concept_dir,null}}"
 
-
-def _tiny(name: str) -> str:
-    return "${finetune_asset:tiny/" + name + ".safetensors}"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -66,12 +63,12 @@ def finetune_asset(relative: str) -> str:
 @dataclass
 class ModelWeights:
     """Local paths of the four components' weight files (keras-cv .h5 or project .safetensors).
-    The defaults are the bundled tiny model's (model=tiny, finetune/configs/model/tiny.yaml)."""
+    None here: each `model=` option names its files (the default, model=tiny, the bundled ones)."""
 
-    text_encoder: Optional[str] = _tiny("text_encoder")
-    unet: Optional[str] = _tiny("unet")
-    vae_encoder: Optional[str] = _tiny("vae_encoder")
-    vae_decoder: Optional[str] = _tiny("vae_decoder")
+    text_encoder: Optional[str] = None
+    unet: Optional[str] = None
+    vae_encoder: Optional[str] = None
+    vae_decoder: Optional[str] = None
 
 
 @dataclass
@@ -79,8 +76,8 @@ class JudgeConfig:
     """The CLIP that scores generated images (CLIP-I / CLIP-T): a text encoder of the model's
     preset and a `ClipImageModel` file (finetune/models/clip_image.py). Null: no CLIP metrics."""
 
-    text_encoder: Optional[str] = _tiny("text_encoder")
-    clip_image: Optional[str] = _tiny("clip_image")
+    text_encoder: Optional[str] = None
+    clip_image: Optional[str] = None
 
 
 @dataclass

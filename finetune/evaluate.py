@@ -23,5 +23,10 @@ def main(cfg: DictConfig) -> None:
     print(f"done: {grid}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `finetune-evaluate` console script (pyproject.toml [project.scripts]); `python -m finetune.evaluate` is the same."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -81,5 +81,10 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `finetune-runs` console script (pyproject.toml [project.scripts])."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

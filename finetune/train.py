@@ -24,5 +24,10 @@ def main(cfg: DictConfig) -> dict:
     return metrics
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `finetune-train` console script (pyproject.toml [project.scripts]); `python -m finetune.train` is the same."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

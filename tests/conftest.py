@@ -7,6 +7,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPT = ROOT / "finetune" / "assets" / "concepts" / "red-checkered-heart"
+PLACEHOLDER = f"<{CONCEPT.name}>"  # the default placeholder: the concept folder's name
 
 
 def compose_train(*overrides: str):

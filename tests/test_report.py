@@ -59,7 +59,7 @@ def test_report_is_self_contained_with_config_and_metrics(run):
     assert all(src.startswith("data:image/png;base64,") for src in parser.sources)
     assert f"{metrics['final_loss']:.4g}" in page
     assert "<code>logger=wandb</code>" in page  # the overrides
-    assert "&lt;concept&gt;" in page and "<concept>" not in page  # escaped
+    assert "&lt;red-checkered-heart&gt;" in page and "<red-checkered-heart>" not in page  # escaped
     assert "max_steps: 4" in page  # the composed config
 
 

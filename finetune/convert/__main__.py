@@ -67,5 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `finetune-convert` console script (pyproject.toml [project.scripts])."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
