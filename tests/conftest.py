@@ -24,6 +24,39 @@ FAST = (
 )
 
 
+# Tests that need something outside the project (the network, a system package, an optional extra)
+# skip with a reason saying so; CI (.ci/run) sets FINETUNE_REQUIRE_ALL=1, which turns such a skip into
+# a failure, so that CI runs them all. Skips for other reasons (e.g. root ignores file permissions) stay skips.
+REQUIRE_ALL = "FINETUNE_REQUIRE_ALL"
+NEEDS = "needs "  # how such skip reasons start: needs(...) or pytest.importorskip(..., reason="needs ...")
+
+
+def needs(what: str) -> None:
+    """Skip the calling test because `what` (the network, a system package, ...) is missing."""
+    pytest.skip(f"needs {what}")
+
+
+def _fail_needed_skip(report) -> None:
+    if os.environ.get(REQUIRE_ALL) == "1" and report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        if reason.startswith(NEEDS):
+            report.outcome = "failed"
+            report.longrepr = f"{REQUIRE_ALL}=1 (CI) runs every test, but this one was skipped: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_needed_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):  # a whole module skipped at import (pytest.importorskip at the top)
+    outcome = yield
+    _fail_needed_skip(outcome.get_result())
+
+
 def pytest_collection_modifyitems(items):
     """Under pytest-xdist (`-n 2 --dist loadgroup`, the default addopts) the `slow` tests, which
     build the real SD v1 architecture (several GB each), all run in one worker, one at a time,
