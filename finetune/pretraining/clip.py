@@ -30,9 +30,9 @@ from finetune.pretraining.common import (
     step_rng,
     watched_gradients,
 )
+from finetune.pretraining.config import ClipStageConfig
 from finetune.tokens.tokenizer import ClipTokenizer
 from finetune.toyworld import ATTRIBUTES, BACKGROUNDS, caption
-from finetune.pretraining.config import ClipStageConfig
 
 _VALUE_ATTRIBUTE = {v: a for a, values in ATTRIBUTES.items() if a != "background" for v in values}
 

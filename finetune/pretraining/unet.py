@@ -39,9 +39,9 @@ from finetune.pretraining.common import (
     step_rng,
     watched_gradients,
 )
+from finetune.pretraining.config import UNetStageConfig
 from finetune.tokens.tokenizer import ClipTokenizer
 from finetune.toyworld import caption
-from finetune.pretraining.config import UNetStageConfig
 
 NO_DECAY = ("bias", "gamma", "beta", "table", "position_embedding")
 

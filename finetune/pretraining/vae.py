@@ -29,7 +29,6 @@ from finetune.evaluation.judge import to_model_images
 from finetune.models.presets import Preset
 from finetune.models.vae import VAEDecoder, VAEEncoder
 from finetune.pretraining.common import (
-from finetune.pretraining.config import VAEStageConfig
     batch_indices,
     data_fingerprint,
     make_optimizer,
@@ -38,6 +37,7 @@ from finetune.pretraining.config import VAEStageConfig
     step_rng,
     watched_gradients,
 )
+from finetune.pretraining.config import VAEStageConfig
 
 
 def vae_loss(images, decoded, mean, logvar, l1_weight: float, l2_weight: float, edge_weight: float, kl_weight: float):
