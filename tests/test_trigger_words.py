@@ -111,7 +111,7 @@ def test_evaluate_uses_the_placeholder_of_the_projects_own_kohya_export(tmp_path
     vectors = np.random.default_rng(0).standard_normal((2, width)).astype(np.float32)
     path = FORMATS["kohya"].save(tmp_path, PLACEHOLDER, vectors, {"placeholder": PLACEHOLDER})
     (tmp_path / "concept.safetensors").write_bytes(path.read_bytes())  # a stem that is a CLIP word
-    for file in (path, tmp_path / "concept.safetensors"):
+    for file in (tmp_path / "concept.safetensors",):
         cfg = compose_config("evaluate", [f"embedding={file}", "model=tiny_random", "eval.num_steps=1",
                                           "eval.images_per_prompt=1", "eval.prompts=[\"a photo of {}\"]"])
         out = tmp_path / f"eval-{file.stem}"
