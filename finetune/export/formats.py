@@ -504,6 +504,7 @@ def convert(src, out_dir, formats, *, name: str | None = None, allow_pickle: boo
     formats = check_formats(formats, name, key="--to")
     emb = load_any(src, allow_pickle=allow_pickle, opt_in=opt_in)
     emb.name = name or trigger_placeholder(emb)  # the input's own placeholder, as finetune.evaluate reads it
+    check_formats(formats, emb.name, key="--to")  # every file name is checked before the first is written
     return emb, export_embedding(out_dir, emb.name, emb.vectors, emb.metadata, formats)
 
 
