@@ -79,7 +79,10 @@ def _free_models_after_each_module():
     yield
     import ctypes
     import gc
+    import sys
 
+    if "keras" not in sys.modules:  # nothing was built
+        return
     import keras
 
     keras.backend.clear_session()
