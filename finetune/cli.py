@@ -74,7 +74,7 @@ def _import_tensorflow_silently() -> None:
 def run_cli(hydra_main) -> None:
     """Call a @hydra.main function; user errors become one line on stderr and exit code 2."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "verbose=true" not in sys.argv:
+    if "verbose=true" not in sys.argv and not _answers_without_running(sys.argv[1:]):
         _import_tensorflow_silently()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     from hydra.errors import HydraException
@@ -86,6 +86,11 @@ def run_cli(hydra_main) -> None:
         _fail(str(e))
     except (HydraException, OmegaConfBaseException) as e:
         _fail(_one_line_config_error(e))
+
+
+def _answers_without_running(args: list[str]) -> bool:
+    """--help, --hydra-help, -sc/--shell-completion (tab completion), --info: Hydra answers, no job runs."""
+    return any(a in ("-h", "--help", "--hydra-help", "-sc", "--shell-completion", "-i", "--info") for a in args)
 
 
 def _one_line_config_error(e: Exception) -> str:

@@ -1,7 +1,7 @@
 """Typed schemas of the Hydra configs.
 
 The schemas are registered in Hydra's ConfigStore and sit first in the defaults lists
-of `configs/train.yaml` and `configs/evaluate.yaml`, so Hydra checks every key and type
+of `finetune/configs/train.yaml` and `finetune/configs/evaluate.yaml`, so Hydra checks every key and type
 while it composes: an unknown key or a value of the wrong type stops the run before it
 starts, with the key named (see `finetune.cli`).
 """
@@ -16,7 +16,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The bundled concept (finetune/assets/concepts/): the default data.concept_dir, wherever the package is installed.
+DEFAULT_CONCEPT = "${finetune_asset:concepts/red-checkered-heart}"
+# The default placeholder: from the concept folder's name (finetune.tokens.tokenizer.concept_placeholder);
+# null where the config has no data.concept_dir (finetune.evaluate: the embedding file names it).
+DEFAULT_PLACEHOLDER = "${concept_placeholder:${oc.select:data.concept_dir,null}}"
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def compose_config(config_name: str = "train", overrides: list[str] | tuple[str, ...] = ()):
@@ -37,6 +43,14 @@ def compose_config(config_name: str = "train", overrides: list[str] | tuple[str,
         return OmegaConf.to_object(cfg)
 
 
+def concept_placeholder(concept_dir: str | None) -> str | None:
+    """`<folder-name>` of a concept folder (`<my-folder-name>` when the name is a CLIP word); see
+    finetune.tokens.tokenizer.concept_placeholder. Configs use it as `${concept_placeholder:...}`."""
+    from finetune.tokens.tokenizer import concept_placeholder as placeholder_of  # the vocabulary knows its words
+
+    return placeholder_of(concept_dir)
+
+
 def finetune_asset(relative: str) -> str:
     """Absolute path of a file shipped in the package's assets folder.
 
@@ -48,7 +62,8 @@ def finetune_asset(relative: str) -> str:
 
 @dataclass
 class ModelWeights:
-    """Local paths of the four components' weight files (keras-cv .h5 or project .safetensors)."""
+    """Local paths of the four components' weight files (keras-cv .h5 or project .safetensors).
+    None here: each `model=` option names its files (the default, model=tiny, the bundled ones)."""
 
     text_encoder: Optional[str] = None
     unet: Optional[str] = None
@@ -71,7 +86,7 @@ class ModelConfig:
     weights: ModelWeights = field(default_factory=ModelWeights)
     # A diffusers SD v1 folder, a CompVis single file (.safetensors) or a folder written by
     # `python -m finetune.convert`; when set, every component is read (converted) from it
-    # instead of model.weights (configs/model/diffusers.yaml).
+    # instead of model.weights (finetune/configs/model/diffusers.yaml).
     checkpoint: Optional[str] = None
     # A component without a weight file starts from seeded random weights only when this is true.
     allow_random_weights: bool = False
@@ -86,7 +101,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    concept_dir: str = MISSING
+    concept_dir: str = DEFAULT_CONCEPT
     templates: str = "object"  # object | style | path to a file with one template per line
     resolution: int = 64
     crop: str = "center"  # center | random_resized
@@ -98,8 +113,9 @@ class DataConfig:
 
 @dataclass
 class TokenConfig:
-    placeholder: str = "<concept>"
-    initializer: Optional[str] = None  # text whose token embeddings start the vectors; null = random
+    # The new word to learn; default `<concept-folder-name>` (never a CLIP word, nor is its file stem).
+    placeholder: Optional[str] = DEFAULT_PLACEHOLDER
+    initializer: Optional[str] = "shape"  # text whose token embeddings start the vectors; null = random
     num_vectors: int = 1
     truncate_long_prompts: bool = False
 
@@ -132,14 +148,15 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    prompts: list[str] = field(default_factory=lambda: ["a photo of {}"])  # {} = the placeholder
+    # {} = the placeholder: the concept as it is, then in new contexts (what textual inversion is for)
+    prompts: list[str] = field(default_factory=lambda: ["a photo of {}", "{} on a green background", "a small {}"])
     negative_prompt: str = ""
-    images_per_prompt: int = 2
+    images_per_prompt: int = 4
     num_steps: int = 25
-    guidance_scale: float = 5.0
+    guidance_scale: float = 5.0  # tuned on the bundled concept (docs/quality.md); SD v1 recipes use 7.5
     eta: float = 0.0
     seed: int = 0
-    preview_every: int = 0  # render eval.prompts[0] every N steps (0: never)
+    preview_every: int = 50  # render eval.prompts[0] every N steps (0: never)
     enabled: bool = True
     # Concept images that CLIP-I compares with (training: null = data.concept_dir; a concept.json there
     # with toyworld_attributes adds the attribute score).
@@ -150,7 +167,7 @@ class EvalConfig:
 class LoggerConfig:
     name: str = "none"  # none | wandb | tensorboard (finetune/tracking/)
     project: str = "textual-inversion"
-    mode: str = "offline"  # wandb: online | offline | disabled (configs/logger/wandb.yaml: $WANDB_MODE, else offline)
+    mode: str = "offline"  # wandb: online | offline | disabled (finetune/configs/logger/wandb.yaml: $WANDB_MODE, else offline)
     log_every: int = 10
     init_timeout: float = 30.0  # wandb: seconds an online start may take before the run falls back to offline
 
@@ -174,7 +191,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     seed: int = 0
-    name: str = "default"
+    name: str = "${hydra:runtime.choices.model}"  # the run folder outputs/<name>/<date_time>
     verbose: bool = False
 
 
@@ -193,6 +210,8 @@ class EvaluateConfig:
 def register_schemas() -> None:
     if not OmegaConf.has_resolver("finetune_asset"):
         OmegaConf.register_new_resolver("finetune_asset", finetune_asset)
+    if not OmegaConf.has_resolver("concept_placeholder"):
+        OmegaConf.register_new_resolver("concept_placeholder", concept_placeholder)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)

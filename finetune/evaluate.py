@@ -12,7 +12,7 @@ from finetune.config import register_schemas
 register_schemas()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     quiet_frameworks(cfg.verbose)
     from finetune.evaluation.stage import evaluate_embedding
@@ -23,5 +23,10 @@ def main(cfg: DictConfig) -> None:
     print(f"done: {grid}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `finetune-evaluate` console script (pyproject.toml [project.scripts]); `python -m finetune.evaluate` is the same."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,4 +1,4 @@
-"""python -m finetune.runs [root=outputs]: the runs under a folder as a table, with their config
+"""finetune-runs (or python -m finetune.runs) [root=outputs]: the runs under a folder as a table, with their config
 overrides and final metrics, to compare runs without a dashboard.
 
 A run folder is one that holds metrics.json and .hydra/overrides.yaml (what `python -m
@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-USAGE = "usage: python -m finetune.runs [root=DIR]   (default: root=outputs)"
+USAGE = ("usage: finetune-runs [root=DIR]   (or python -m finetune.runs; default: root=outputs)\n"
+         "the runs under a folder as a table: their config overrides and final metrics")
 MISSING = "-"
 
 
@@ -81,5 +82,10 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `finetune-runs` console script (pyproject.toml [project.scripts])."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,4 +1,4 @@
-"""python -m finetune.train [overrides]: learn a placeholder token from a concept folder (see configs/train.yaml)."""
+"""python -m finetune.train [overrides]: learn a placeholder token from a concept folder (see finetune/configs/train.yaml)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from finetune.config import register_schemas
 register_schemas()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> dict:
     quiet_frameworks(cfg.verbose)
     from finetune.training.run import train
@@ -24,5 +24,10 @@ def main(cfg: DictConfig) -> dict:
     return metrics
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `finetune-train` console script (pyproject.toml [project.scripts]); `python -m finetune.train` is the same."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

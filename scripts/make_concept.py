@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Renders the bundled concept from the toy world: a large red checkered heart on white.
 
-    python scripts/make_concept.py                    # -> data/concepts/red-checkered-heart/
+    python scripts/make_concept.py                    # -> finetune/assets/concepts/red-checkered-heart/
     python scripts/make_concept.py --out /tmp/c --count 8 --seed 3
 """
 
@@ -18,7 +18,7 @@ from finetune.toyworld.attributes import NEVER_NAMED
 from finetune.toyworld.concept import ATTRIBUTES, NAME, ORACLE_PROMPT, concept_scenes
 from finetune.toyworld.render import render
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "concepts" / NAME
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "finetune" / "assets" / "concepts" / NAME
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pretrain the `tiny` preset on the toy world: VAE, CLIP, UNet, then export the weights.
 
-    python scripts/pretrain_tiny.py                                   # configs/pretrain/tiny.yaml
+    python scripts/pretrain_tiny.py                                   # finetune/pretraining/configs/tiny.yaml
     python scripts/pretrain_tiny.py vae.steps=20 clip.steps=20 unet.steps=20 out_dir=/tmp/p export_dir=/tmp/p/assets
 
 Re-running the same command resumes a killed run (finished stages are skipped).
@@ -21,7 +21,7 @@ register_pretrain_schema()
 log = logging.getLogger("pretrain")
 
 
-@hydra.main(version_base="1.3", config_path="../configs/pretrain", config_name="tiny")
+@hydra.main(version_base="1.3", config_path="../finetune/pretraining/configs", config_name="tiny")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 

@@ -22,7 +22,7 @@ from finetune.cli import quiet_frameworks
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of configs/train.yaml")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of finetune/configs/train.yaml")
     parser.add_argument("--samples", type=int, default=32, help="images per row (>= 32 for the published table)")
     parser.add_argument("--seed", type=int, default=1000, help="first sampling seed (training keeps its own seed)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: outputs/quality/<time>)")

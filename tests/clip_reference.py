@@ -5,7 +5,8 @@
 (env var FINETUNE_TEST_CACHE, default ~/.cache/finetune-tests) and never committed.
 
 Use the `clip_reference` fixture: it returns a function that gives the reference
-`SimpleTokenizer` or fails the calling test (not skips it) with the reason.
+`SimpleTokenizer` or skips the calling test with the reason ("needs the network ..."); CI sets
+FINETUNE_REQUIRE_ALL=1, which turns that skip into a failure (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -103,15 +104,15 @@ def _load():
 
 
 def get_reference():
-    """The reference `SimpleTokenizer`; fails the calling test if it cannot be had."""
+    """The reference `SimpleTokenizer`; skips the calling test (a failure in CI) if it cannot be had."""
     ref = _load()
     if isinstance(ref, str):
-        pytest.fail(ref, pytrace=False)
+        pytest.skip(f"needs the network (PyPI) or a cached copy: {ref}")
     return ref
 
 
 @pytest.fixture(scope="session")
 def clip_reference():
     """A function returning OpenAI CLIP's `SimpleTokenizer` (call it inside the test body,
-    so that an unavailable reference fails that test instead of erroring its setup)."""
+    so that an unavailable reference skips that test instead of erroring its setup)."""
     return get_reference

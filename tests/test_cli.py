@@ -189,7 +189,7 @@ def test_train_then_evaluate(tmp_path):
 
     embeds = run_dir / "learned_embeds.safetensors"
     placeholder, vectors, metadata = load_diffusers_embedding(embeds)
-    assert placeholder == "<concept>"
+    assert placeholder == "<my-concept>"  # the default, from the folder's name ("concept" is a CLIP word)
     assert vectors.shape == (1, TINY.text_encoder.width)  # num_vectors x the tiny preset's text width
     assert np.all(np.isfinite(vectors))
     assert metadata.get("steps") == "2"

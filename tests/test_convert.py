@@ -25,9 +25,9 @@ SD15_UNET, SD15_VAE, SD15_TEXT = (SD_V1_CONFIGS[m] for m in ("unet", "vae", "tex
 
 
 def reference():
-    pytest.importorskip("torch")
-    pytest.importorskip("diffusers")
-    pytest.importorskip("transformers")
+    pytest.importorskip("torch", reason="needs torch: pip install -e '.[torch]' (or .[parity])")
+    pytest.importorskip("diffusers", reason="needs diffusers: pip install -e '.[parity]'")
+    pytest.importorskip("transformers", reason="needs transformers: pip install -e '.[parity]'")
     from tests import sd_reference
 
     return sd_reference

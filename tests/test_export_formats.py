@@ -50,6 +50,11 @@ def _vectors(n=2, d=768, seed=0):
     return v
 
 
+def _own(metadata: dict) -> dict:
+    """A file's metadata without kohya's `modelspec.*` keys (test_kohya_modelspec_metadata checks those)."""
+    return {k: v for k, v in metadata.items() if not k.startswith("modelspec.")}
+
+
 def _raw_header(path: Path) -> dict:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
@@ -73,7 +78,7 @@ def test_safetensors_round_trip_bit_exact(tmp_path, fmt):
     emb = load_any(path)
     assert emb.format == fmt == detect_format(path)
     assert emb.vectors.dtype == np.float32 and emb.vectors.tobytes() == vec.tobytes()
-    assert emb.metadata == META
+    assert _own(emb.metadata) == META
     assert emb.name == (PLACEHOLDER if fmt == "diffusers" else NAME)
     assert FORMATS[fmt].load(path).vectors.tobytes() == vec.tobytes()
 
@@ -91,16 +96,16 @@ def test_key_layouts_and_file_names(tmp_path):
         header = _raw_header(paths[fmt])
         assert set(header) == {key, "__metadata__"}, fmt
         assert header[key]["dtype"] == "F32" and header[key]["shape"] == [2, 16]
-        assert header["__metadata__"] == META
+        assert _own(header["__metadata__"]) == META
         (loaded,) = safetensors.numpy.load_file(paths[fmt]).values()  # the reference reader agrees
         assert loaded.tobytes() == vec.tobytes()
 
 
 def test_save_to_explicit_file_and_1d_vectors(tmp_path):
-    p = FORMATS["kohya"].save(tmp_path / "mine.safetensors", "x", np.arange(8, dtype=np.float64))
-    assert p == tmp_path / "mine.safetensors"
+    p = FORMATS["kohya"].save(tmp_path / "my-vectors.safetensors", "x", np.arange(8, dtype=np.float64))
+    assert p == tmp_path / "my-vectors.safetensors"
     emb = load_any(p)
-    assert emb.format == "kohya" and emb.name == "mine" and emb.vectors.shape == (1, 8)
+    assert emb.format == "kohya" and emb.name == "my-vectors" and emb.vectors.shape == (1, 8)
 
 
 def test_file_safe_name():
@@ -249,14 +254,14 @@ def test_missing_torch_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_a1111_pt_round_trip_and_layout(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="needs torch: pip install -e '.[torch]' (or .[parity])")
     vec = _vectors(3)
     path = FORMATS["a1111_pt"].save(tmp_path, PLACEHOLDER, vec, META)
     assert path == tmp_path / f"{NAME}.pt"
     emb = load_any(path, allow_pickle=True)
     assert (emb.format, emb.name) == ("a1111_pt", NAME)
     assert emb.vectors.dtype == np.float32 and emb.vectors.tobytes() == vec.tobytes()
-    assert emb.metadata == {"name": NAME, "step": "42"}
+    assert emb.metadata == {"name": PLACEHOLDER, "step": "42"}  # the name it was made with, as webui keeps it
 
     # The dict AUTOMATIC1111's Embedding.save writes, read the way ComfyUI reads it.
     data = torch.load(path, map_location="cpu", weights_only=True)
@@ -266,7 +271,7 @@ def test_a1111_pt_round_trip_and_layout(tmp_path):
     t = data["string_to_param"]["*"]
     assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and tuple(t.shape) == (3, 768)
     assert t.numpy().tobytes() == vec.tobytes()
-    assert data["name"] == NAME and data["step"] == 42
+    assert data["name"] == PLACEHOLDER and data["step"] == 42
     assert data["sd_checkpoint"] is None and data["sd_checkpoint_name"] is None
 
     # What AUTOMATIC1111's safe loader (modules/safe.py) accepts: zip record names and pickle globals.
@@ -277,7 +282,7 @@ def test_a1111_pt_round_trip_and_layout(tmp_path):
         globals_ = {arg for op, arg, _ in pickletools.genops(z.read(pkl)) if op.name == "GLOBAL"}
     assert globals_ <= A1111_GLOBALS, globals_
     # Same vectors, same bytes (fixed zip timestamps).
-    assert FORMATS["a1111_pt"].save(tmp_path / "again.pt", PLACEHOLDER, vec, META).read_bytes() == path.read_bytes()
+    assert FORMATS["a1111_pt"].save(tmp_path / "cat-toy-again.pt", PLACEHOLDER, vec, META).read_bytes() == path.read_bytes()
 
     # A kohya-style .pt and a diffusers .bin (both torch pickles) are read too, with the same rules.
     torch.save({"emb_params": torch.from_numpy(vec)}, tmp_path / "k.pt")
@@ -320,7 +325,7 @@ def test_training_run_writes_configured_formats(tmp_path):
     assert written == ["export/a1111_safetensors/cat-toy.safetensors", "export/kohya/cat-toy.safetensors"]
     for rel in written:
         emb = load_any(tmp_path / rel)
-        assert emb.vectors.tobytes() == reference.vectors.tobytes() and emb.metadata == reference.metadata
+        assert emb.vectors.tobytes() == reference.vectors.tobytes() and _own(emb.metadata) == reference.metadata
 
     bad = compose_train(*FAST, "export.formats=[diffusers,webui]")
     with pytest.raises(ConfigError, match="export.formats"):
@@ -360,7 +365,7 @@ def test_cli_converts_and_back(tmp_path):
 
 
 def test_cli_a1111_pt_round_trip(tmp_path):
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="needs torch: pip install -e '.[torch]' (or .[parity])")
     vec = _vectors(2)
     src = save_diffusers_embedding(tmp_path / "learned_embeds.safetensors", PLACEHOLDER, vec, META)
     proc = _cli(src, "--to", "a1111_pt,kohya", "--out", tmp_path / "out", cwd=tmp_path)
@@ -373,7 +378,7 @@ def test_cli_a1111_pt_round_trip(tmp_path):
     proc = _cli(pt, "--to", "diffusers", "--out", tmp_path / "back", "--allow-pickle", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     back = load_any(tmp_path / "back" / "diffusers" / "learned_embeds.safetensors")
-    assert back.name == NAME and back.vectors.tobytes() == vec.tobytes()
+    assert back.name == PLACEHOLDER and back.vectors.tobytes() == vec.tobytes()  # the .pt's name field
 
 
 def test_cli_user_errors(tmp_path):
@@ -400,7 +405,7 @@ def _compose_evaluate(*overrides: str):
 
     register_schemas()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "finetune" / "configs"), version_base="1.3"):
         return OmegaConf.to_object(compose(config_name="evaluate", overrides=list(overrides)))
 
 
@@ -409,7 +414,7 @@ def test_evaluate_renders_with_an_embedding_from_another_tool(tmp_path):
     from finetune.models.presets import get_preset
 
     width = get_preset("tiny").text_encoder.width
-    kohya = FORMATS["kohya"].save(tmp_path / "from-kohya.safetensors", "x", _vectors(2, width))
+    kohya = FORMATS["kohya"].save(tmp_path / "from-kohya.safetensors", "x", _vectors(2, width), {})
     tiny_eval = ["model=tiny", "eval.num_steps=1", "eval.images_per_prompt=1", "eval.prompts=[\"a photo of {}\"]"]
     grid = evaluate_embedding(_compose_evaluate(f"embedding={kohya}", *tiny_eval), tmp_path / "eval")
     assert grid.is_file()

@@ -15,9 +15,9 @@ from finetune.models import build_component
 from finetune.models.weights import load_weights
 from tests.sd_reference import save_clip_tokenizer, small_checkpoint
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs torch: pip install -e '.[torch]' (or .[parity])")
+pytest.importorskip("diffusers", reason="needs diffusers: pip install -e '.[parity]'")
+pytest.importorskip("transformers", reason="needs transformers: pip install -e '.[parity]'")
 TOL = 1e-4
 SOURCES = ("diffusers", "compvis")
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")

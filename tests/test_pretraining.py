@@ -233,7 +233,7 @@ def test_pretrain_config_composes():
 
     register_pretrain_schema()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs" / "pretrain"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "finetune" / "pretraining" / "configs"), version_base="1.3"):
         cfg = OmegaConf.to_object(compose(config_name="tiny", overrides=["vae.steps=7"]))
     assert isinstance(cfg, PretrainConfig) and cfg.vae.steps == 7 and cfg.preset == "tiny"
     GlobalHydra.instance().clear()

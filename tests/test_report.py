@@ -1,9 +1,7 @@
 """What a user sees in a run folder: loss.png, embedding_norm.png, progress.png, report.html (in headless Chromium)."""
 
-import os
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from PIL import Image
 from finetune.evaluation.grid import make_grid
 from finetune.reporting.plots import smooth
 from finetune.reporting.progress import MAX_CELLS, evenly_spaced, preview_image, progress_strip
+from tests.conftest import needs
 from tests.tracked_runs import PREVIEW_STEPS, wandb_run
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -59,27 +58,20 @@ def test_report_is_self_contained_with_config_and_metrics(run):
     assert all(src.startswith("data:image/png;base64,") for src in parser.sources)
     assert f"{metrics['final_loss']:.4g}" in page
     assert "<code>logger=wandb</code>" in page  # the overrides
-    assert "&lt;concept&gt;" in page and "<concept>" not in page  # escaped
+    assert "&lt;red-checkered-heart&gt;" in page and "<red-checkered-heart>" not in page  # escaped
     assert "max_steps: 4" in page  # the composed config
 
 
 def _chromium() -> tuple[str, str]:
-    """Paths of Debian's chromium and chromedriver, installed with apt-get when missing (as .ci/run does)."""
+    """Paths of Debian's chromium and chromedriver (.ci/run installs them; tests install nothing)."""
     found = shutil.which("chromium"), shutil.which("chromedriver")
-    if all(found):
-        return found
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip("no chromium/chromedriver, and no apt-get as root to install Debian's chromium chromium-driver")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, timeout=600)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], check=True, env=env, timeout=900)
-    found = shutil.which("chromium"), shutil.which("chromedriver")
-    assert all(found), "apt-get installed chromium chromium-driver, yet they are not on PATH"
+    if not all(found):
+        needs("the system packages chromium and chromium-driver (Debian; .ci/run installs them)")
     return found
 
 
 def test_report_in_headless_chromium(run):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium comes with the test extra: .[test]")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium, from the test extra: .[test]")
     chromium, chromedriver = _chromium()
     run_dir, _ = run
     options = webdriver.ChromeOptions()

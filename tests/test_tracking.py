@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from finetune.reporting.progress import preview_image
 from finetune.tracking import make_tracker
 from finetune.tracking.base import GuardedTracker, Tracker
 from finetune.training.callbacks import embedding_stats, preview_path
-from tests.conftest import CONCEPT, compose_train
+from tests.conftest import CONCEPT, PLACEHOLDER, compose_train
 from tests.tracked_runs import PREVIEW_STEPS, TRACKED, shared_data_dir, tensorboard_run, wandb_run
 from tests.wandb_files import OfflineRun
 
@@ -30,7 +31,7 @@ def wandb_offline(tmp_path_factory):
 def test_wandb_run_has_config_name_and_tags(wandb_offline):
     run_dir, _, run = wandb_offline
     assert run.run.display_name == f"{CONCEPT.name}-{run_dir.name}"
-    assert set(run.run.tags) == {CONCEPT.name, "tiny", "<concept>"}
+    assert set(run.run.tags) == {CONCEPT.name, "tiny", PLACEHOLDER}
     assert run.config["trainer"]["max_steps"] == 4 and run.config["logger"]["mode"] == "offline"
 
 
@@ -64,7 +65,7 @@ def test_wandb_media_holds_the_previews(wandb_offline):
     on_disk = sorted(preview_image(preview_path(run_dir, s))[::4, ::4].tobytes() for s in PREVIEW_STEPS)
     assert logged == on_disk
     captions = [row["previews/image/caption"] for row in run.history if "previews/image/caption" in row]
-    assert captions == [f"step {s}: a photo of <concept> (seed 0)" for s in PREVIEW_STEPS]
+    assert captions == [f"step {s}: a photo of {PLACEHOLDER} (seed 0)" for s in PREVIEW_STEPS]
     assert any(p.parent.name == "samples" for p in run.media_images())  # final/samples/grid
 
 
@@ -80,7 +81,11 @@ def test_wandb_preview_table_grows_over_the_run(wandb_offline):
         images = {c.path for c in artifact.manifest.contents}
         for step, _, _, image in content["data"]:
             assert image["path"] in images and image["caption"].startswith(f"step {step}:")
-    assert rows == [[s, "a photo of <concept>", 0] for s in PREVIEW_STEPS]
+    assert rows == [[s, f"a photo of {PLACEHOLDER}", 0] for s in PREVIEW_STEPS]
+
+
+def _md5(path) -> str:
+    return base64.b64encode(hashlib.md5(path.read_bytes()).digest()).decode()
 
 
 def test_wandb_artifacts_hold_the_embedding_files(wandb_offline):
@@ -88,13 +93,52 @@ def test_wandb_artifacts_hold_the_embedding_files(wandb_offline):
     artifacts = run.model_artifacts()
     assert [sorted(a.aliases) for a in artifacts] == [
         ["latest", "step-2"], ["latest", "step-4"], ["final", "latest", "step-4"]]
-    files = [run_dir / "learned_embeds-steps-2.safetensors", run_dir / "learned_embeds-steps-4.safetensors",
-             run_dir / "learned_embeds.safetensors"]
-    for artifact, path in zip(artifacts, files):
+    snapshots = [run_dir / "learned_embeds-steps-2.safetensors", run_dir / "learned_embeds-steps-4.safetensors"]
+    for artifact, path in zip(artifacts, snapshots):
         (entry,) = artifact.manifest.contents
-        assert entry.path == "learned_embeds.safetensors"
-        assert entry.digest == base64.b64encode(hashlib.md5(path.read_bytes()).digest()).decode()
-        assert artifact.name == "embedding-concept" and json.loads(artifact.metadata)["placeholder"] == "<concept>"
+        assert entry.path == "learned_embeds.safetensors" and entry.digest == _md5(path)
+    for artifact in artifacts:
+        assert artifact.name == "embedding-red-checkered-heart" and json.loads(artifact.metadata)["placeholder"] == PLACEHOLDER
+    # The final artifact: the diffusers file and every exported format.
+    final = {entry.path: entry.digest for entry in artifacts[-1].manifest.contents}
+    assert final == {
+        "learned_embeds.safetensors": _md5(run_dir / "learned_embeds.safetensors"),
+        "export/a1111_safetensors/red-checkered-heart.safetensors":
+            _md5(run_dir / "export" / "a1111_safetensors" / "red-checkered-heart.safetensors"),
+        "export/kohya/red-checkered-heart.safetensors": _md5(run_dir / "export" / "kohya" / "red-checkered-heart.safetensors"),
+    }
+    assert json.loads(artifacts[-1].metadata)["formats"] == ["diffusers", "a1111_safetensors", "kohya"]
+
+
+def test_wandb_run_folder_holds_every_file_an_upload_needs(wandb_offline, tmp_path):
+    """Every file the offline run's records point at (artifact files as W&B staged them, media, the
+    run's files) lies inside the run folder: copied elsewhere, the copy holds all of them."""
+    import shutil
+
+    run_dir, _, run = wandb_offline
+    local_paths = [Path(entry.local_path) for artifact in run.artifacts for entry in artifact.manifest.contents
+                   if entry.local_path]
+    assert len(local_paths) >= 3 + 2  # 3 model artifacts (5 files) + the preview table's increments
+    outside = [p for p in local_paths if not p.resolve().is_relative_to(run_dir.resolve())]
+    assert not outside, f"W&B staged files outside the run folder: {outside[:3]}"
+    copy = tmp_path / "copied-run"
+    shutil.copytree(run_dir, copy)
+    for path in local_paths:
+        moved = copy / path.resolve().relative_to(run_dir.resolve())
+        assert moved.is_file() and moved.read_bytes() == path.read_bytes(), moved
+
+
+def test_wandb_gets_the_final_metrics_as_scalars(wandb_offline):
+    _, metrics, run = wandb_offline
+    final_step = metrics["steps"]
+    quality = metrics["quality"]["all"]
+    assert quality["attribute_score"] is not None
+    expected = {"final/final_loss": metrics["final_loss"], "final/mean_loss_last_10": metrics["mean_loss_last_10"],
+                "quality/all/attribute_score": quality["attribute_score"],
+                "quality/all/attributes/shape": quality["attributes"]["shape"]}
+    for key, value in expected.items():
+        assert run.series(key) == {final_step: pytest.approx(value)}, key
+        assert run.summary[key] == pytest.approx(value), key
 
 
 def test_wandb_online_without_network_falls_back_offline(tmp_path, tmp_path_factory, monkeypatch, caplog):
@@ -141,6 +185,34 @@ def test_tensorboard_events_hold_the_scalars(tensorboard_events):
     assert float(_tensor_values(events, "final/final_loss")[4]) == pytest.approx(metrics["final_loss"])
 
 
+def test_tensorboard_events_hold_the_quality_scalars_and_hparams(tensorboard_events):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    metrics, events = tensorboard_events
+    quality = metrics["quality"]["all"]
+    for tag, value in {"quality/all/attribute_score": quality["attribute_score"],
+                       "quality/all/attributes/color": quality["attributes"]["color"],
+                       "final/mean_loss_last_10": metrics["mean_loss_last_10"],
+                       "final/learned_vector_norms/0": metrics["learned_vector_norms"][0]}.items():
+        assert {s: float(v) for s, v in _tensor_values(events, tag).items()} == {4: pytest.approx(value)}, tag
+
+    def plugin_data(tag):
+        data = plugin_data_pb2.HParamsPluginData()
+        data.ParseFromString(events.SummaryMetadata(tag).plugin_data.content)
+        return data
+
+    session = plugin_data("_hparams_/session_start_info").session_start_info
+    hparams = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in session.hparams.items()}
+    assert hparams["trainer.learning_rate"] == pytest.approx(0.001)  # the run's override
+    assert hparams["trainer.max_steps"] == 4 and hparams["token.num_vectors"] == 1
+    assert hparams["token.initializer"] == "shape" and hparams["trainer.lr_schedule"] == "cosine"
+    assert hparams["trainer.weight_decay"] == 0 and hparams["trainer.max_grad_norm"] == "None"
+    experiment = plugin_data("_hparams_/experiment").experiment
+    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    assert {"final/final_loss", "quality/all/attribute_score"} <= metric_tags
+    assert {h.name for h in experiment.hparam_infos} == set(hparams)
+
+
 def test_tensorboard_events_hold_the_previews(tensorboard_events):
     metrics, events = tensorboard_events
     previews = _tensor_values(events, "previews")
@@ -149,7 +221,7 @@ def test_tensorboard_events_hold_the_previews(tensorboard_events):
         width, height, png = value
         assert Image.open(io.BytesIO(png)).size == (int(width), int(height)) == (64, 64)
     captions = _tensor_values(events, "previews/caption")
-    assert captions[2].item().decode() == "step 2: a photo of <concept> (seed 0)"
+    assert captions[2].item().decode() == f"step 2: a photo of {PLACEHOLDER} (seed 0)"
     assert "final/samples/grid" in events.Tags()["tensors"]
 
 

@@ -22,6 +22,8 @@ TRACKED = tuple(o for o in FAST if not o.startswith("model=")) + (
     "logger.log_every=1",
 )
 PREVIEW_STEPS = [2, 4]
+# Every safetensors format (a1111_pt needs torch, an optional extra): the W&B run's final artifact holds them all.
+EXPORTS = "export.formats=[diffusers,a1111_safetensors,kohya]"
 
 _done: dict[tuple[str, ...], tuple[Path, dict]] = {}
 
@@ -58,7 +60,7 @@ def tracked_run(tmp_path_factory, name: str, *overrides: str) -> tuple[Path, dic
 
 def wandb_run(tmp_path_factory) -> tuple[Path, dict]:
     """The default W&B run: offline."""
-    return tracked_run(tmp_path_factory, "wandb-run", "logger=wandb")
+    return tracked_run(tmp_path_factory, "wandb-run", "logger=wandb", EXPORTS)
 
 
 def tensorboard_run(tmp_path_factory) -> tuple[Path, dict]:

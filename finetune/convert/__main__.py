@@ -1,8 +1,8 @@
-"""python -m finetune.convert source=PATH out=DIR [config=DIR] [allow_pickle=true]
+"""finetune-convert (or python -m finetune.convert) source=PATH out=DIR [config=DIR] [allow_pickle=true]
 
 Convert an SD v1 checkpoint (a diffusers folder or a CompVis single file) into the project's
 weight files: DIR/{text_encoder,unet,vae_encoder,vae_decoder}.safetensors and DIR/preset.json.
-Use the result with `python -m finetune.train model=diffusers model.checkpoint=DIR`.
+Use the result with `finetune-train model=diffusers model.checkpoint=DIR`.
 A user error prints one line, `error: ...`, and exits with code 2 (as `finetune.cli`).
 """
 
@@ -35,7 +35,7 @@ def parse(argv: list[str]) -> dict:
         args[key] = value
     for key in ("source", "out"):
         if not args.get(key):
-            _fail(f"{key}= is required (see python -m finetune.convert --help)")
+            _fail(f"{key}= is required (see finetune-convert --help)")
     flag = str(args["allow_pickle"]).lower()
     if flag not in ("true", "false"):
         _fail(f"allow_pickle={args['allow_pickle']}: use true or false")
@@ -63,9 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     for path in written.values():
         print(f"wrote {path}")
     print(f"converted {args['source']} in {time.perf_counter() - start:.1f} s (peak memory {peak_gb:.2f} GiB); "
-          f"use it with: python -m finetune.train model=diffusers model.checkpoint={args['out']}")
+          f"use it with: finetune-train model=diffusers model.checkpoint={args['out']}")
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `finetune-convert` console script (pyproject.toml [project.scripts])."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

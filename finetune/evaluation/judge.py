@@ -2,7 +2,7 @@
 
 `ClipJudge` wraps a text encoder (the project's `TextEncoder`) and a `ClipImageModel`
 (image tower + both projections). For the `tiny` preset both are the tiny CLIP the project
-pretrained on its toy world (`model.judge` in configs/model/tiny.yaml); any CLIP with the
+pretrained on its toy world (`model.judge` in finetune/configs/model/tiny.yaml); any CLIP with the
 same two methods fits `finetune.evaluation.metrics`.
 """
 

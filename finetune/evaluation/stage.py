@@ -73,14 +73,14 @@ def evaluate_embedding(cfg, run_dir: str | Path) -> Path:
     """Load `cfg.embedding` (any format of finetune.export.formats; pickles only with
     cfg.allow_pickle) into the model and render `cfg.eval` prompts to run_dir/samples."""
     from finetune.assembly import build_pipeline, check_resolution, require_weights, resolve_model
-    from finetune.export.formats import load_any
+    from finetune.export.formats import load_any, trigger_placeholder
     from finetune.io import write_json_atomic
 
     source = resolve_model(cfg.model)
     check_resolution(source.preset, cfg.resolution, "resolution")
     require_weights(source, ["text_encoder", "unet", "vae_decoder"])
     embedding = load_any(cfg.embedding, allow_pickle=cfg.allow_pickle, opt_in="allow_pickle=true")
-    placeholder, vectors, metadata = embedding.name, embedding.vectors, embedding.metadata
+    placeholder, vectors, metadata = trigger_placeholder(embedding), embedding.vectors, embedding.metadata
     pipeline = build_pipeline(source, placeholder, len(vectors), cfg.resolution, vectors,
                               cfg.token.truncate_long_prompts, what=f"embedding={cfg.embedding}")
     out_dir = Path(run_dir) / "samples"

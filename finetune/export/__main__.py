@@ -1,4 +1,4 @@
-"""python -m finetune.export INPUT --to FORMAT[,FORMAT...] --out DIR [--name NAME] [--allow-pickle]
+"""finetune-export (or python -m finetune.export) INPUT --to FORMAT[,FORMAT...] --out DIR [--name NAME] [--allow-pickle]
 
 Convert a learned embedding between the formats of `finetune.export.formats`
 (diffusers, a1111_pt, a1111_safetensors, kohya). Each output goes to DIR/<format>/.
@@ -16,7 +16,7 @@ from finetune.errors import FinetuneError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse prints usage + error; keep it to one line
-        _fail(f"{message} (see python -m finetune.export --help)")
+        _fail(f"{message} (see finetune-export --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lines = "\n".join(f"  {key:<18} {fmt.description}" for key, fmt in FORMATS.items())
     parser = _Parser(
-        prog="python -m finetune.export",
+        prog="finetune-export",
         description="Convert a textual-inversion embedding file between formats.",
-        epilog=f"formats:\n{lines}\n\nexample: python -m finetune.export outputs/tiny/RUN/learned_embeds.safetensors "
+        epilog=f"formats:\n{lines}\n\nexample: finetune-export outputs/tiny/RUN/learned_embeds.safetensors "
         "--to a1111_pt,kohya --out exported/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -60,5 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `finetune-export` console script (pyproject.toml [project.scripts])."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -38,7 +38,22 @@ kohya-ss sd-scripts (`"kohya"`, `<name>.safetensors`)
     `train_textual_inversion.py` `save_weights` writes `{"emb_params": [n, D]}` (SD v1; SDXL
     uses `clip_l`/`clip_g`, not supported here) to safetensors with its metadata;
     `load_weights` (`--weights`) takes the first tensor of a safetensors file, or
-    `string_to_param` / the first value of a torch pickle. Webui and ComfyUI load it too.
+    `string_to_param` / the first value of a torch pickle; training on with it needs
+    `--num_vectors_per_token` equal to the file's n. Webui and ComfyUI load it too. The metadata
+    holds the Stability AI ModelSpec keys sd-scripts writes for a textual inversion
+    (`library/sai_model_spec.py`): `modelspec.sai_model_spec` "1.0.1", `modelspec.architecture`
+    "stable-diffusion-v1/textual-inversion", `modelspec.implementation` (Stability AI's
+    generative-models URL, as sd-scripts gives textual inversions), `modelspec.title`,
+    `modelspec.resolution` "<W>x<H>", `modelspec.date` (ISO 8601, seconds),
+    `modelspec.prediction_type` "epsilon".
+
+Trigger words. AUTOMATIC1111 and ComfyUI trigger an embedding on its file stem, matched as
+CLIP token ids in the prompt: a stem that is one word of CLIP's vocabulary ("concept", id 6353)
+would pull the embedding into every prompt using that word. Writing such a file is refused
+(`check_formats` before a run, `EmbeddingFormat.save` at the write). This project writes its
+placeholder into every file it exports (safetensors metadata `placeholder`; the `.pt`'s `name`,
+where webui keeps the name an embedding was created with), and `trigger_placeholder` reads it
+back, so `finetune.evaluate` uses the run's own word for every format.
 
 Safety: `.pt/.pth/.ckpt/.bin` files are pickles, and unpickling can run arbitrary code.
 They are refused unless the caller opts in (`allow_pickle=True`; config key
@@ -72,6 +87,7 @@ from finetune.export.diffusers_format import (
     save_single_tensor,
 )
 from finetune.io import write_bytes_atomic
+from finetune.tokens.tokenizer import trigger_word, vocabulary_id
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -80,6 +96,14 @@ TORCH_EXTRA = "pip install 'finetune[torch]' (from a checkout: pip install -e '.
 # What AUTOMATIC1111 writes into every embedding (textual_inversion.py, Embedding.save).
 A1111_STRING_TO_TOKEN = {"*": 265}
 KOHYA_KEY = "emb_params"
+# The ModelSpec metadata sd-scripts writes into an SD v1 textual inversion (library/sai_model_spec.py).
+MODELSPEC = {
+    "modelspec.sai_model_spec": "1.0.1",
+    "modelspec.architecture": "stable-diffusion-v1/textual-inversion",
+    "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
+    "modelspec.prediction_type": "epsilon",
+}
+DEFAULT_RESOLUTION = 512  # SD v1's, what sd-scripts writes when it is not told
 SDXL_KEYS = ("clip_l", "clip_g")
 # webui modules/safe.py, allowed_zip_names_re: the only records a .pt zip may hold there.
 _A1111_ZIP_RECORD = re.compile(r"^[^/]+/(data\.pkl|version|data/\d+)$")
@@ -100,7 +124,7 @@ def file_safe_name(name: str) -> str:
     """`name` reduced to characters safe in a file name and a prompt word: letters, digits,
     '.', '_', '-' (AUTOMATIC1111's create_embedding also keeps spaces; ComfyUI splits prompt
     words on spaces, so they go too). `<cat-toy>` -> `cat-toy`."""
-    safe = "".join(c for c in str(name) if c.isalnum() or c in "._-").strip(".")
+    safe = trigger_word(name)
     if not safe:
         raise ConfigError(
             f"embedding name {name!r} has no characters usable in a file name (letters, digits, '.', '_', '-'); "
@@ -212,8 +236,21 @@ def _save_a1111_safetensors(path: Path, name: str, vectors, metadata) -> Path:
     return save_single_tensor(path, file_safe_name(name), vectors, metadata)
 
 
+def modelspec_metadata(title: str, resolution: int | str | None = None, timestamp: float | None = None) -> dict[str, str]:
+    """The `modelspec.*` keys sd-scripts writes into a textual inversion for SD v1: architecture,
+    implementation, title, resolution ("WxH"), date (ISO 8601, local time, whole seconds), prediction type."""
+    import datetime
+    import time
+
+    side = int(resolution) if resolution not in (None, "", "None") else DEFAULT_RESOLUTION
+    when = datetime.datetime.fromtimestamp(int(time.time() if timestamp is None else timestamp))
+    return {**MODELSPEC, "modelspec.title": title, "modelspec.resolution": f"{side}x{side}",
+            "modelspec.date": when.isoformat()}
+
+
 def _save_kohya(path: Path, name: str, vectors, metadata) -> Path:
-    return save_single_tensor(path, KOHYA_KEY, vectors, metadata)
+    spec = modelspec_metadata(path.stem, metadata.get("resolution"))
+    return save_single_tensor(path, KOHYA_KEY, vectors, {**spec, **metadata})
 
 
 def _save_a1111_pt(path: Path, name: str, vectors, metadata) -> Path:
@@ -223,7 +260,7 @@ def _save_a1111_pt(path: Path, name: str, vectors, metadata) -> Path:
     data = {
         "string_to_token": dict(A1111_STRING_TO_TOKEN),
         "string_to_param": {"*": torch.from_numpy(arr.copy())},
-        "name": safe,
+        "name": name,  # as webui: the name it was created with; the file is named after its file-safe form
         "step": _step(metadata or {}),
         "sd_checkpoint": None,
         "sd_checkpoint_name": None,
@@ -330,6 +367,7 @@ class EmbeddingFormat:
     suffix: str  # of the files it writes
     description: str  # which tools read it
     needs_torch: bool
+    trigger_is_stem: bool  # the tools that read it write the file stem in prompts (AUTOMATIC1111, ComfyUI)
     _save: Callable = field(repr=False)
     _interpret: Callable = field(repr=False)
     default_filename: Callable[[str], str] = field(repr=False)
@@ -346,7 +384,10 @@ class EmbeddingFormat:
         """Write `vectors` ([num_vectors, D]) as this format; returns the file written (atomically)."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"embedding name must be a non-empty string, got {name!r}")
-        return self._save(self.path_for(path_dir_or_file, name), name, vectors, dict(metadata or {}))
+        path = self.path_for(path_dir_or_file, name)
+        if self.trigger_is_stem:
+            check_trigger_stem(path.stem, self.key, what=f"{path.name} (named after {name!r})")
+        return self._save(path, name, vectors, dict(metadata or {}))
 
     def load(self, path, *, allow_pickle: bool = False, opt_in: str = DEFAULT_OPT_IN) -> Embedding:
         """Read `path` as this format (a DataError if its layout is another one)."""
@@ -355,19 +396,19 @@ class EmbeddingFormat:
 
 FORMATS: dict[str, EmbeddingFormat] = {
     "diffusers": EmbeddingFormat(
-        "diffusers", SAFETENSORS_SUFFIX, "diffusers pipe.load_textual_inversion", False,
+        "diffusers", SAFETENSORS_SUFFIX, "diffusers pipe.load_textual_inversion", False, False,
         _save_diffusers, _as_diffusers, lambda name: DEFAULT_FILENAME,
     ),
     "a1111_pt": EmbeddingFormat(
-        "a1111_pt", ".pt", "AUTOMATIC1111 / ComfyUI embeddings folder (torch pickle)", True,
+        "a1111_pt", ".pt", "AUTOMATIC1111 / ComfyUI embeddings folder (torch pickle)", True, True,
         _save_a1111_pt, _as_a1111_pt, lambda name: f"{file_safe_name(name)}.pt",
     ),
     "a1111_safetensors": EmbeddingFormat(
-        "a1111_safetensors", SAFETENSORS_SUFFIX, "AUTOMATIC1111 / ComfyUI embeddings folder", False,
+        "a1111_safetensors", SAFETENSORS_SUFFIX, "AUTOMATIC1111 / ComfyUI embeddings folder", False, True,
         _save_a1111_safetensors, _as_a1111_safetensors, lambda name: f"{file_safe_name(name)}.safetensors",
     ),
     "kohya": EmbeddingFormat(
-        "kohya", SAFETENSORS_SUFFIX, "kohya-ss sd-scripts (--weights); AUTOMATIC1111 / ComfyUI too", False,
+        "kohya", SAFETENSORS_SUFFIX, "kohya-ss sd-scripts (--weights); AUTOMATIC1111 / ComfyUI too", False, True,
         _save_kohya, _as_kohya, lambda name: f"{file_safe_name(name)}.safetensors",
     ),
 }
@@ -401,10 +442,53 @@ def check_formats(formats, name: str | None = None, key: str = "export.formats")
         raise ConfigError(f"{key}: writing a1111_pt needs PyTorch, which is not installed: {TORCH_EXTRA}")
     if name is not None and any(f != "diffusers" for f in wanted):
         try:
-            file_safe_name(name)
+            stem = file_safe_name(name)
+            for f in wanted:
+                if FORMATS[f].trigger_is_stem:
+                    check_trigger_stem(stem, f, what=f"the file name of {name!r}")
         except ConfigError as e:
             raise ConfigError(f"{key}={wanted}: {e}") from None
     return wanted
+
+
+def check_trigger_stem(stem: str, fmt: str, what: str = "the file name") -> None:
+    """Refuse a file stem that is one word of CLIP's vocabulary for a format whose tools trigger on the stem."""
+    token = vocabulary_id(stem)
+    if token is not None:
+        raise ConfigError(
+            f"{what}: {fmt} files trigger on their file name in AUTOMATIC1111 / ComfyUI, and {stem!r} is a word of the "
+            f"CLIP vocabulary (id {token}), so every prompt with that word would pull the embedding in; "
+            f"use a name that is not a word, such as '<my-{stem}>'"
+        )
+
+
+def _usable_placeholder(word) -> bool:
+    """A word this project's tokenizer accepts as a placeholder: one visible word that is not a CLIP word."""
+    if not isinstance(word, str) or not word.strip() or any(c.isspace() for c in word):
+        return False
+    return vocabulary_id(word) is None and bool(trigger_word(word) or word.strip("<>"))
+
+
+def trigger_placeholder(embedding: Embedding) -> str:
+    """The word that stands for `embedding` in this project's prompts (`finetune.evaluate`).
+
+    1. The `placeholder` this project writes into the metadata of every safetensors file it exports;
+    2. an AUTOMATIC1111 `.pt`'s `name` field, when the file is named after it (this project writes
+       the placeholder there, as webui writes the name an embedding was created with);
+    3. else what the tools use: the tensor name (diffusers) or the file stem (AUTOMATIC1111 /
+       ComfyUI / kohya), wrapped in `<...>` when it is a CLIP word (a placeholder cannot be one).
+    Never raises: every file `load_any` reads gets a usable placeholder.
+    """
+    metadata = embedding.metadata or {}
+    candidate = metadata.get("placeholder")
+    if _usable_placeholder(candidate):
+        return candidate
+    name = metadata.get("name")
+    if embedding.format == "a1111_pt" and _usable_placeholder(name) and trigger_word(name) == trigger_word(embedding.name):
+        return name
+    if _usable_placeholder(embedding.name):
+        return embedding.name
+    return f"<{trigger_word(embedding.name) or 'embedding'}>"
 
 
 def export_embedding(out_dir, name: str, vectors, metadata: dict[str, str] | None, formats) -> dict[str, Path]:
@@ -419,12 +503,12 @@ def convert(src, out_dir, formats, *, name: str | None = None, allow_pickle: boo
     """Read `src` (any format) and write it as `formats` into `out_dir/<format>/`."""
     formats = check_formats(formats, name, key="--to")
     emb = load_any(src, allow_pickle=allow_pickle, opt_in=opt_in)
-    if name:
-        emb.name = name
+    emb.name = name or trigger_placeholder(emb)  # the input's own placeholder, as finetune.evaluate reads it
+    check_formats(formats, emb.name, key="--to")  # every file name is checked before the first is written
     return emb, export_embedding(out_dir, emb.name, emb.vectors, emb.metadata, formats)
 
 
 __all__ = [
-    "Embedding", "EmbeddingFormat", "FORMATS", "check_formats", "convert", "detect_format", "export_embedding",
-    "file_safe_name", "load_any", "torch_available",
+    "Embedding", "EmbeddingFormat", "FORMATS", "check_formats", "check_trigger_stem", "convert", "detect_format",
+    "export_embedding", "file_safe_name", "load_any", "modelspec_metadata", "torch_available", "trigger_placeholder",
 ]

@@ -30,6 +30,7 @@ from finetune.pretraining.common import (
     step_rng,
     watched_gradients,
 )
+from finetune.pretraining.config import ClipStageConfig
 from finetune.tokens.tokenizer import ClipTokenizer
 from finetune.toyworld import ATTRIBUTES, BACKGROUNDS, caption
 
@@ -93,14 +94,14 @@ def train_clip(
     *,
     steps: int,
     batch_size: int,
-    learning_rate: float = 1e-3,
-    warmup_steps: int = 100,
-    weight_decay: float = 0.01,
-    grad_clip: float | None = 1.0,
+    learning_rate: float = ClipStageConfig.learning_rate,
+    warmup_steps: int = ClipStageConfig.warmup_steps,
+    weight_decay: float = ClipStageConfig.weight_decay,
+    grad_clip: float | None = ClipStageConfig.grad_clip,
     seed: int = 0,
     init_seed: int = 0,
-    checkpoint_every: int = 500,
-    keep_checkpoints: int = 2,
+    checkpoint_every: int = ClipStageConfig.checkpoint_every,
+    keep_checkpoints: int = ClipStageConfig.keep_checkpoints,
     progress: bool = True,
 ) -> dict:
     """Train the text encoder and the CLIP image tower on the pool (uint8 images and their scenes).

@@ -1,4 +1,4 @@
-"""Typed schema of `configs/pretrain/*.yaml` (scripts/pretrain_tiny.py).
+"""Typed schema of `finetune/pretraining/configs/*.yaml` (scripts/pretrain_tiny.py).
 
 Each stage section holds exactly the keyword arguments of its `train_*` function, so a
 key the function does not know fails when Hydra composes the config.
@@ -50,7 +50,7 @@ class ClipStageConfig:
 
 @dataclass
 class UNetStageConfig:
-    steps: int = 2000
+    steps: int = 4000
     batch_size: int = 128
     learning_rate: float = 8e-4
     warmup_steps: int = 200

@@ -39,6 +39,7 @@ from finetune.pretraining.common import (
     step_rng,
     watched_gradients,
 )
+from finetune.pretraining.config import UNetStageConfig
 from finetune.tokens.tokenizer import ClipTokenizer
 from finetune.toyworld import caption
 
@@ -71,18 +72,18 @@ def train_unet(
     *,
     steps: int,
     batch_size: int,
-    learning_rate: float = 5e-4,
-    warmup_steps: int = 200,
-    weight_decay: float = 0.01,
-    grad_clip: float | None = 1.0,
-    ema_decay: float = 0.998,
-    caption_dropout: float = 0.1,
-    min_snr_gamma: float | None = 5.0,
-    text_learning_rate: float = 0.0,
+    learning_rate: float = UNetStageConfig.learning_rate,
+    warmup_steps: int = UNetStageConfig.warmup_steps,
+    weight_decay: float = UNetStageConfig.weight_decay,
+    grad_clip: float | None = UNetStageConfig.grad_clip,
+    ema_decay: float = UNetStageConfig.ema_decay,
+    caption_dropout: float = UNetStageConfig.caption_dropout,
+    min_snr_gamma: float | None = UNetStageConfig.min_snr_gamma,
+    text_learning_rate: float = UNetStageConfig.text_learning_rate,
     seed: int = 0,
     init_seed: int = 0,
-    checkpoint_every: int = 500,
-    keep_checkpoints: int = 2,
+    checkpoint_every: int = UNetStageConfig.checkpoint_every,
+    keep_checkpoints: int = UNetStageConfig.keep_checkpoints,
     progress: bool = True,
 ) -> dict:
     """Train the UNet on cached posterior `moments` [N, h, w, 2C] of the pool and its `scenes`.

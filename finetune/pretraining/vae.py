@@ -37,6 +37,7 @@ from finetune.pretraining.common import (
     step_rng,
     watched_gradients,
 )
+from finetune.pretraining.config import VAEStageConfig
 
 
 def vae_loss(images, decoded, mean, logvar, l1_weight: float, l2_weight: float, edge_weight: float, kl_weight: float):
@@ -117,20 +118,20 @@ def train_vae(
     *,
     steps: int,
     batch_size: int,
-    learning_rate: float = 1e-3,
-    warmup_steps: int = 100,
-    weight_decay: float = 0.0,
-    l1_weight: float = 1.0,
-    l2_weight: float = 1.0,
-    edge_weight: float = 0.5,
-    kl_weight: float = 1e-4,
-    grad_clip: float | None = 1.0,
-    initial_logvar: float = -6.0,
-    stats_samples: int = 2048,
+    learning_rate: float = VAEStageConfig.learning_rate,
+    warmup_steps: int = VAEStageConfig.warmup_steps,
+    weight_decay: float = VAEStageConfig.weight_decay,
+    l1_weight: float = VAEStageConfig.l1_weight,
+    l2_weight: float = VAEStageConfig.l2_weight,
+    edge_weight: float = VAEStageConfig.edge_weight,
+    kl_weight: float = VAEStageConfig.kl_weight,
+    grad_clip: float | None = VAEStageConfig.grad_clip,
+    initial_logvar: float = VAEStageConfig.initial_logvar,
+    stats_samples: int = VAEStageConfig.stats_samples,
     seed: int = 0,
     init_seed: int = 0,
-    checkpoint_every: int = 500,
-    keep_checkpoints: int = 2,
+    checkpoint_every: int = VAEStageConfig.checkpoint_every,
+    keep_checkpoints: int = VAEStageConfig.keep_checkpoints,
     progress: bool = True,
 ) -> dict:
     """Train the VAE on `images` (uint8 [N, H, W, 3], the pool), fold the latent normalization in.

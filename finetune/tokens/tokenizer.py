@@ -18,6 +18,7 @@ import functools
 import html
 import logging
 from collections.abc import Iterable, Sequence
+from pathlib import PurePath
 
 import ftfy
 import instant_clip_tokenizer
@@ -81,6 +82,37 @@ def _encode_plain(text: str) -> tuple[int, ...]:
         start = match.end()
     ids.extend(_bpe().encode(text[start:]))
     return tuple(ids)
+
+
+def vocabulary_id(text: str) -> int | None:
+    """The id of `text` when CLIP's tokenizer reads it as one word of its vocabulary, else None.
+
+    Tools that trigger an embedding on a word (AUTOMATIC1111 and ComfyUI use the file stem)
+    match its token ids in the prompt: a stem that is one vocabulary word ("concept", id 6353)
+    would pull the embedding into every prompt that uses that everyday word.
+    """
+    ids = _encode_plain(text)
+    return ids[0] if len(ids) == 1 else None
+
+
+def trigger_word(name: str) -> str:
+    """`name` reduced to characters safe in a file name and a prompt word: letters, digits, '.',
+    '_', '-' (spaces go too: ComfyUI splits prompt words on them). `<cat-toy>` -> `cat-toy`;
+    may be empty."""
+    return "".join(c for c in str(name) if c.isalnum() or c in "._-").strip(".")
+
+
+def concept_placeholder(concept_dir: str | None) -> str | None:
+    """The default placeholder of a concept folder: `<folder-name>`, or `<my-folder-name>` when
+    the bare name is a CLIP vocabulary word (`cat/` -> `<my-cat>`), so that neither the
+    placeholder nor the file stem of an export (`folder-name.safetensors`) is an everyday word.
+    None without a folder (`finetune.evaluate` takes the placeholder from the embedding file)."""
+    if concept_dir is None:
+        return None
+    word = trigger_word(PurePath(str(concept_dir)).name)
+    if not word:
+        return "<my-concept>"
+    return f"<my-{word}>" if vocabulary_id(word) is not None else f"<{word}>"
 
 
 def _short(text: str, limit: int = 60) -> str:

@@ -1,4 +1,4 @@
-"""Experiment tracking: one backend per module, chosen by `logger=` (configs/logger/).
+"""Experiment tracking: one backend per module, chosen by `logger=` (finetune/configs/logger/).
 
     base.py                 Tracker (logs nothing: `logger=none`), GuardedTracker (failures are warnings)
     wandb_tracker.py        Weights & Biases: scalars, previews + table, embedding artifacts, summary
@@ -24,6 +24,24 @@ def run_labels(cfg, run_dir: Path) -> tuple[str, list[str]]:
     """A run's display name (`<concept>-<run folder>`) and tags (concept, preset, placeholder)."""
     concept = Path(str(cfg.data.concept_dir)).name
     return f"{concept}-{Path(run_dir).name}", [concept, cfg.model.preset, cfg.token.placeholder]
+
+
+# The config keys a run is compared by in TensorBoard's HParams tab (with the final metrics).
+HPARAMS = ("model.preset", "data.resolution", "data.repeats", "data.crops_per_image", "token.num_vectors",
+           "token.initializer", "trainer.max_steps", "trainer.batch_size", "trainer.gradient_accumulation_steps",
+           "trainer.learning_rate", "trainer.scale_lr", "trainer.lr_schedule", "trainer.warmup_steps",
+           "trainer.weight_decay", "trainer.max_grad_norm", "seed")
+
+
+def hparams_of(cfg) -> dict[str, object]:
+    """The HPARAMS keys of a config: numbers and booleans as they are, anything else (null too) as text."""
+    out = {}
+    for key in HPARAMS:
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        out[key] = value if isinstance(value, (bool, int, float)) else str(value)
+    return out
 
 
 def check_logger(logger_cfg) -> None:
@@ -53,7 +71,8 @@ def make_tracker(cfg, run_dir: str | Path) -> Tracker:
         else:
             from finetune.tracking.tensorboard_tracker import TensorBoardTracker
 
-            backend = TensorBoardTracker(run_dir / "tensorboard", OmegaConf.to_yaml(config))
+            backend = TensorBoardTracker(run_dir / "tensorboard", OmegaConf.to_yaml(config), hparams_of(cfg),
+                                         run_dir.name)
     except Exception as e:  # noqa: BLE001 - tracking must never end a run
         log.warning("%s: could not start (%s: %s); training without it", name, type(e).__name__, e)
         return Tracker()

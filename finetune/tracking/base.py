@@ -16,8 +16,10 @@ class Tracker:
     def log_preview(self, preview, step: int) -> None:
         """`preview`: a finetune.sampling.renderer.RenderedImage (prompt, seed, uint8 image)."""
 
-    def log_embedding(self, path: Path, step: int, metadata: dict[str, str], final: bool = False) -> None:
-        """An embedding file the run just wrote (a snapshot at `step`, or the final one)."""
+    def log_embedding(self, path: Path, step: int, metadata: dict[str, str], final: bool = False,
+                      exported: dict[str, Path] | None = None) -> None:
+        """An embedding file the run just wrote (a snapshot at `step`, or the final one), with the
+        same vectors in other formats (`exported`: {format: file}, finetune.export.formats)."""
 
     def finish(self, metrics: dict, pictures: dict[str, Path]) -> None:
         """The final metrics (metrics.json) and the run's pictures by name (e.g. "samples/grid")."""
@@ -26,6 +28,33 @@ class Tracker:
 def summary_of(metrics: dict) -> dict:
     """The final metrics without the per-step histories and sampling settings."""
     return {k: v for k, v in metrics.items() if not k.endswith("_history") and k != "sampling" and v is not None}
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def final_scalars(metrics: dict) -> dict[str, float]:
+    """Every number of the final metrics as one scalar each, for dashboards: `final/<key>` (losses,
+    steps, times, `final/learned_vector_norms/<i>`, any validation loss) and `quality/<prompt or all>/<score>`
+    (CLIP-I, CLIP-T, attribute score, `.../attributes/<attribute>`, any edit score); not the per-step
+    histories (logged per step), the sampling settings or image counts."""
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, value) -> None:
+        if _number(value):
+            out[prefix] = float(value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if key != "n":
+                    walk(f"{prefix}/{key}", item)
+        elif isinstance(value, (list, tuple)) and all(_number(v) for v in value):
+            for i, item in enumerate(value):
+                walk(f"{prefix}/{i}", item)
+
+    for key, value in summary_of(metrics).items():
+        walk("quality" if key == "quality" else f"final/{key}", value)
+    return out
 
 
 class GuardedTracker(Tracker):
@@ -52,8 +81,8 @@ class GuardedTracker(Tracker):
     def log_preview(self, preview, step):
         self._call("log_preview", preview, step)
 
-    def log_embedding(self, path, step, metadata, final=False):
-        self._call("log_embedding", path, step, metadata, final)
+    def log_embedding(self, path, step, metadata, final=False, exported=None):
+        self._call("log_embedding", path, step, metadata, final, exported)
 
     def finish(self, metrics, pictures):
         self._call("finish", metrics, pictures)

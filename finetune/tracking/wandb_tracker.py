@@ -1,17 +1,22 @@
 """Weights & Biases (`logger=wandb`): scalars, previews with a growing table, embedding artifacts, summary.
 
 Modes: `offline` (the default: everything stays in <run>/wandb/offline-run-*, upload later
-with `wandb sync`), `online`, `disabled`. An online start that fails (no network, no or a bad
+with `wandb sync`), `online`, `disabled`. W&B copies each artifact file to a staging folder before
+it uploads it (by default under the home folder, $WANDB_DATA_DIR); this tracker points that at
+<run>/wandb/offline-run-*/staging while it logs, so every file an upload needs stays in the run folder.
+The final artifact holds the diffusers file and every exported format (`export/<format>/<file>`). An online start that fails (no network, no or a bad
 key) falls back to offline after `logger.init_timeout` seconds, with a warning.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
-from finetune.tracking.base import Tracker, summary_of
+from finetune.tracking.base import Tracker, final_scalars, summary_of
 
 log = logging.getLogger(__name__)
 
@@ -68,32 +73,52 @@ class WandbTracker(Tracker):
     def run_folder(self) -> Path:
         return Path(self.run.dir).parent  # <run>/wandb/offline-run-<date>-<id>; run.dir is its files/
 
+    @contextmanager
+    def _staging_in_run_folder(self):
+        """W&B stages artifact files (embeddings, preview tables) in $WANDB_DATA_DIR: the run folder's, here."""
+        saved = os.environ.get("WANDB_DATA_DIR")
+        os.environ["WANDB_DATA_DIR"] = str(self.run_folder / "staging")
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("WANDB_DATA_DIR", None)
+            else:
+                os.environ["WANDB_DATA_DIR"] = saved
+
     def log_scalars(self, values, step):
         self.run.log(values, step=step)
 
     def log_preview(self, preview, step):
         caption = f"step {step}: {preview.label}"
-        row = [step, preview.prompt, preview.seed, self.wandb.Image(preview.image, caption=caption)]
-        if self.table is not None:
-            self.table.add_data(*row)
-            table = self.table
-        else:
-            self.rows.append(row)
-            table = self.wandb.Table(columns=PREVIEW_COLUMNS, data=self.rows)
-        self.run.log({"previews/image": self.wandb.Image(preview.image, caption=caption), "previews/table": table},
-                     step=step)
+        with self._staging_in_run_folder():
+            row = [step, preview.prompt, preview.seed, self.wandb.Image(preview.image, caption=caption)]
+            if self.table is not None:
+                self.table.add_data(*row)
+                table = self.table
+            else:
+                self.rows.append(row)
+                table = self.wandb.Table(columns=PREVIEW_COLUMNS, data=self.rows)
+            self.run.log({"previews/image": self.wandb.Image(preview.image, caption=caption),
+                          "previews/table": table}, step=step)
 
-    def log_embedding(self, path, step, metadata, final=False):
-        artifact = self.wandb.Artifact(self.artifact_name, type="model", metadata={**metadata, "step": step})
-        artifact.add_file(str(path), name=EMBEDDING_FILENAME)
-        self.run.log_artifact(artifact, aliases=[f"step-{step}", "latest"] + (["final"] if final else []))
+    def log_embedding(self, path, step, metadata, final=False, exported=None):
+        artifact = self.wandb.Artifact(self.artifact_name, type="model",
+                                       metadata={**metadata, "step": step, "formats": ["diffusers", *(exported or {})]})
+        with self._staging_in_run_folder():  # add_file copies the file to the staging folder
+            artifact.add_file(str(path), name=EMBEDDING_FILENAME)
+            for fmt, file in (exported or {}).items():
+                artifact.add_file(str(file), name=f"export/{fmt}/{Path(file).name}")
+            self.run.log_artifact(artifact, aliases=[f"step-{step}", "latest"] + (["final"] if final else []))
 
     def finish(self, metrics, pictures):
+        scalars = final_scalars(metrics)
         self.run.summary.update(summary_of(metrics))
+        self.run.summary.update(scalars)
         images = {f"final/{name}": self.wandb.Image(str(path))
                   for name, path in pictures.items() if Path(path).is_file()}
-        if images:
-            self.run.log(images, step=metrics["steps"])
-        self.run.finish()
+        with self._staging_in_run_folder():
+            self.run.log({**scalars, **images}, step=metrics["steps"])
+            self.run.finish()
         if self.offline:
             log.info("wandb: offline run saved; upload it with `wandb sync %s`", self.run_folder)

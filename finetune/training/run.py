@@ -128,6 +128,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     metadata = {
         "placeholder": cfg.token.placeholder, "preset": preset.name, "initializer": str(cfg.token.initializer),
         "num_vectors": str(cfg.token.num_vectors), "placeholder_ids": json.dumps(placeholder_ids),
+        "resolution": str(cfg.data.resolution),
     }
 
     logger = Tracker() if worker else make_tracker(cfg, run_dir)
@@ -175,9 +176,10 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         raise ConfigError("training diverged (learned vectors are not finite); lower trainer.learning_rate")
     save_diffusers_embedding(run_dir / DEFAULT_FILENAME, cfg.token.placeholder, final,
                              {**metadata, "steps": str(cfg.trainer.max_steps)})
-    logger.log_embedding(run_dir / DEFAULT_FILENAME, cfg.trainer.max_steps, metadata, final=True)
-    export_embedding(run_dir / "export", cfg.token.placeholder, final, {**metadata, "steps": str(cfg.trainer.max_steps)},
-                     [f for f in cfg.export.formats if f != "diffusers"])  # diffusers: the file above
+    exported = export_embedding(run_dir / "export", cfg.token.placeholder, final,
+                                {**metadata, "steps": str(cfg.trainer.max_steps)},
+                                [f for f in cfg.export.formats if f != "diffusers"])  # diffusers: the file above
+    logger.log_embedding(run_dir / DEFAULT_FILENAME, cfg.trainer.max_steps, metadata, final=True, exported=exported)
 
     sampling = quality = None
     if renderer is not None and cfg.eval.prompts:
