@@ -20,7 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CONCEPT = ROOT / "data" / "concepts" / "red-checkered-heart"
+CONCEPT = ROOT / "finetune" / "assets" / "concepts" / "red-checkered-heart"
 FAST = ["model=tiny", f"data.concept_dir={CONCEPT}", "trainer.batch_size=2", "eval.enabled=false",
         "trainer.checkpoint_every=0"]
 TRAIN = [*FAST, "trainer.max_steps=20", "trainer.checkpoint_every=10", "trainer.lr_schedule=cosine",
