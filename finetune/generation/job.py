@@ -16,9 +16,11 @@ import logging
 import re
 from pathlib import Path
 
+import keras
 import numpy as np
 from PIL import Image
 
+from finetune.backends import compiled_call
 from finetune.errors import ConfigError, DataError
 from finetune.generation.config import MODES
 
@@ -203,6 +205,7 @@ class _Job:
         self.tokenizer, self.text_encoder, self.encoder = tokenizer, text_encoder, encoder
         self.prompts, self.negative = prompts, negative
         self.seeds = [g.seed + i for i in range(g.num_images)]
+        self._decode = compiled_call(renderer.vae_decoder)
 
     def encode(self, prompts) -> np.ndarray:
         from finetune.sampling.prompts import encode_weighted
@@ -215,7 +218,7 @@ class _Job:
     def decode(self, latents) -> np.ndarray:
         from finetune.sampling.renderer import to_uint8
 
-        return to_uint8(self.renderer.decode(latents))
+        return to_uint8(keras.ops.convert_to_numpy(self._decode(latents)))
 
     def _per_prompt(self):
         """(contexts [P * N, L, D], noise [P * N, ...], jobs [(prompt, seed)]) prompt-major."""
