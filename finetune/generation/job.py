@@ -141,7 +141,7 @@ def _read_inputs(g, resolution: int):
 
 def generate(cfg, run_dir) -> Path:
     """Run `cfg.generate.mode`; write run_dir/images/*.png, grid.png, generate.json. Returns the grid's path."""
-    from finetune.assembly import check_resolution, load_component, load_text_encoder, require_weights, resolve_model
+    from finetune.assembly import check_resolution, require_weights, resolve_model
     from finetune.sampling import SamplerSettings
     from finetune.sampling.prompts import check_prompts
 
@@ -172,15 +172,8 @@ def generate(cfg, run_dir) -> Path:
     components = ["text_encoder", "unet", "vae_decoder"] + (["vae_encoder"] if g.mode in IMAGE_MODES else [])
     require_weights(source, components)
 
-    # ---- models (built once)
-    from finetune.assembly import build_renderer
-
-    total = 0 if concepts.vectors is None else len(concepts.vectors)
-    text_encoder = load_text_encoder(source, total, concepts.vectors, "embeddings")
-    unet = load_component(source, "unet")
-    renderer = build_renderer(source, tokenizer, text_encoder, unet, cfg.resolution)
-    encoder = load_component(source, "vae_encoder") if g.mode in IMAGE_MODES else None
-    job = _Job(g, settings, renderer, tokenizer, text_encoder, encoder, prompts, negative)
+    job = build_generator(source, concepts, tokenizer, cfg.resolution, g, settings, prompts, negative,
+                          with_encoder=g.mode in IMAGE_MODES)
     run = {"txt2img": job.txt2img, "img2img": job.img2img, "variations": job.img2img, "mix": job.mix,
            "walk": job.walk}
     if g.mode == "inpaint":
@@ -193,13 +186,28 @@ def generate(cfg, run_dir) -> Path:
     return write_outputs(Path(run_dir), cfg, concepts, outputs, inputs)
 
 
+def build_generator(source, concepts: Concepts, tokenizer, resolution: int, g, settings, prompts, negative,
+                    with_encoder: bool = True) -> "Generator":
+    """The models (built once) behind a Generator."""
+    from finetune.assembly import build_renderer, load_component, load_text_encoder
+
+    total = 0 if concepts.vectors is None else len(concepts.vectors)
+    text_encoder = load_text_encoder(source, total, concepts.vectors, "embeddings")
+    unet = load_component(source, "unet")
+    renderer = build_renderer(source, tokenizer, text_encoder, unet, resolution)
+    encoder = load_component(source, "vae_encoder") if with_encoder else None
+    return Generator(g, settings, renderer, tokenizer, text_encoder, encoder, prompts, negative)
+
+
 def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     out = image.astype(np.float32)
     out[mask > 0] = 0.5 * out[mask > 0] + 0.5 * np.array([255, 0, 255], np.float32)
     return np.rint(out).astype(np.uint8)
 
 
-class _Job:
+class Generator:
+    """The models of a generate config and one method per mode (scripts and tests call these too)."""
+
     def __init__(self, g, settings, renderer, tokenizer, text_encoder, encoder, prompts, negative):
         self.g, self.settings, self.renderer = g, settings, renderer
         self.tokenizer, self.text_encoder, self.encoder = tokenizer, text_encoder, encoder
@@ -234,7 +242,7 @@ class _Job:
         return [Output(img, f"{p} (seed {s})", {"prompt": p, "seed": s})
                 for (p, s), img in zip(jobs, self.decode(latents))]
 
-    def _image_latents(self, image: np.ndarray) -> np.ndarray:
+    def image_latents(self, image: np.ndarray) -> np.ndarray:
         from finetune.sampling.img2img import encode_latents
 
         return encode_latents(self.encoder, image[None])
@@ -243,7 +251,7 @@ class _Job:
         from finetune.sampling.img2img import img2img_latents
 
         contexts, noise, jobs = self._per_prompt()
-        init = np.repeat(self._image_latents(image), len(jobs), axis=0)
+        init = np.repeat(self.image_latents(image), len(jobs), axis=0)
         latents = img2img_latents(self.renderer.denoise_fn, self.settings, init, noise, [contexts], self.uncond(),
                                   self.g.strength)
         return [Output(img, f"{p} (seed {s}, strength {self.g.strength:g})",
@@ -256,7 +264,7 @@ class _Job:
         factor = self.renderer.vae_decoder.spec.downsampling_factor
         jobs = [(p, s) for p in self.prompts for s in self.seeds]
         contexts = self.encode([p for p, _ in jobs])
-        init = self._image_latents(image)
+        init = self.image_latents(image)
         noise = self.renderer.noise([s for _, s in jobs], init.shape[1:])
         m = latent_mask(mask, factor, self.g.mask_feather)
         latents = inpaint_latents(self.renderer.denoise_fn, self.settings, np.repeat(init, len(jobs), axis=0),
