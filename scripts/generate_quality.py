@@ -61,7 +61,7 @@ def rate(measured, **want) -> float:
     return float(np.mean([all(m.get(k) == v for k, v in want.items()) for m in measured]))
 
 
-def img2img(gen, n: int, guidance_scale: float | None = None) -> dict:
+def img2img(gen, n: int, guidance_scale: float | None = None, strengths=STRENGTHS) -> dict:
     from finetune.evaluation.scores import measure_images
     from finetune.sampling.img2img import encode_latents, img2img_latents
     from finetune.toyworld.captions import describe
@@ -77,7 +77,7 @@ def img2img(gen, n: int, guidance_scale: float | None = None) -> dict:
         gen = copy.copy(gen)
         gen.settings = dataclasses.replace(gen.settings, guidance_scale=guidance_scale)
     rows = {}
-    for strength in STRENGTHS:
+    for strength in strengths:
         latents = img2img_latents(gen.renderer.denoise_fn, gen.settings, init, noise, [contexts], uncond, strength,
                                   progress=False)
         images = gen.decode(latents)
@@ -157,7 +157,7 @@ def inpaint(gen, n: int) -> dict:
     }
 
 
-def mix(gen, n: int, placeholder: str) -> dict:
+def mix(gen, n: int, placeholder: str, weights=MIX_WEIGHTS, modes=("blend", "guidance")) -> dict:
     from finetune.evaluation.scores import measure_images
     from finetune.sampling.loop import denoise
     from finetune.sampling.mix import blend_encodings
@@ -166,9 +166,9 @@ def mix(gen, n: int, placeholder: str) -> dict:
     b = np.repeat(gen.encode(["a photo of a blue heart"]), n, axis=0)
     uncond, noise = gen.encode([""]), gen.renderer.noise(range(n))
     out = {}
-    for how in ("blend", "guidance"):
+    for how in modes:
         rows = {}
-        for w in MIX_WEIGHTS:
+        for w in weights:
             if how == "blend":
                 latents = denoise(gen.renderer.denoise_fn, gen.settings, noise, [blend_encodings([a, b], [1 - w, w])],
                                   uncond, progress=False)
@@ -183,7 +183,7 @@ def mix(gen, n: int, placeholder: str) -> dict:
     return out
 
 
-def walk(gen, n: int, placeholder: str, cfg, source) -> dict:
+def walk(gen, n: int, placeholder: str, cfg, source, seeds=None) -> dict:
     from finetune.evaluation.judge import load_judge
     from finetune.evaluation.metrics import clip_i
     from finetune.evaluation.stage import reference_images
@@ -196,7 +196,7 @@ def walk(gen, n: int, placeholder: str, cfg, source) -> dict:
     uncond = gen.encode([""])
     per_frame = []
     gif_frames = None
-    for seed in range(n):
+    for seed in (range(n) if seeds is None else seeds):
         noise = gen.renderer.noise([seed])[0]
         contexts, noises = walk_inputs(a, b, noise, noise, 8)
         frames = gen.decode(denoise(gen.renderer.denoise_fn, gen.settings, noises, [contexts], uncond, progress=False))
