@@ -50,10 +50,11 @@ def input_png(tmp_path_factory) -> Path:
 MODES = {
     "txt2img": ['generate.prompts=["a photo of {}","a (blue:1.3) heart"]', "generate.num_images=2",
                 'generate.negative_prompt="[<concept>]"'],
-    "img2img": ["generate=img2img", "generate.strength=0.5", 'generate.prompts=["a red square"]'],
+    "img2img": ["generate=img2img", "generate.strength=0", 'generate.prompts=["a red square"]'],
     "inpaint": ["generate=inpaint", "generate.box='48,0,80,64'", 'generate.prompts=["a green star"]'],
     "outpaint": ["generate=outpaint", "generate.outpaint.left=16", "generate.outpaint.right=16"],
-    "mix": ["generate=mix", "generate.mix_guidance=true", "generate.weights=[0.75,0.25]"],
+    "mix": ["generate=mix", "generate.mix_guidance=true", "generate.weights=[0.75,0.25]",
+            'generate.prompts=["a photo of {}","a photo of my-stripes"]'],
     "walk": ["generate=walk", "generate.end_seed=5"],
     "variations": ["generate=variations", "generate.num_images=3"],
 }
@@ -62,8 +63,13 @@ MODES = {
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_every_mode(tmp_path, input_png, mode):
     """Each mode writes its images, grid.png and generate.json; the walk (PNGs, GIF, grid, JSON) runs
-    twice and must write identical files (same config and seed)."""
-    overrides = [f"generate.image={input_png}", *MODES[mode]]
+    twice and must write identical files (same config and seed). img2img runs at strength 0 (the VAE
+    round trip; variations cover strength 0.5); mix uses two embeddings of different formats."""
+    from finetune.export.formats import FORMATS
+
+    vectors = np.random.default_rng(0).standard_normal((2, 64)).astype("float32")
+    other = FORMATS["a1111_safetensors"].save(tmp_path / "other", "my-stripes", vectors)
+    overrides = [f"generate.image={input_png}", f"embeddings=[{EMBEDDING},{other}]", *MODES[mode]]
     first = run(tmp_path, "a", *overrides)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert Path("grid.png") in files and Path("generate.json") in files
@@ -91,8 +97,14 @@ def test_every_mode(tmp_path, input_png, mode):
         assert gif.n_frames == 8 and gif.size == (64, 64)
         assert meta["files"]["gif"] == "walk.gif"
         assert np.abs(images[0].astype(int) - images[-1]).mean() > 5  # it goes somewhere
-    if mode == "mix":
+    if mode == "mix":  # two embeddings (diffusers, A1111 safetensors), both tokens in the prompts
         assert meta["images"][0]["weights"] == [0.75, 0.25]
+        assert [e["token"] for e in meta["embeddings"]] == ["<concept>", "my-stripes"]
+        assert [e["num_vectors"] for e in meta["embeddings"]] == [1, 2]
+        assert meta["images"][0]["prompts"] == ["a photo of <concept>", "a photo of my-stripes"]
+    if mode == "img2img":  # strength 0: the tiny VAE's round trip of the input
+        assert all(np.abs(im.astype(int) - known).mean() < 8 for im in images)
+        assert meta["images"][0]["strength"] == 0
 
 
 def test_txt2img_equals_the_renderer(tmp_path):
@@ -113,15 +125,6 @@ def test_txt2img_equals_the_renderer(tmp_path):
         np.testing.assert_array_equal(np.asarray(Image.open(out / record["file"])), r.image)
 
 
-def test_img2img_strength_zero_is_the_vae_round_trip(tmp_path, input_png):
-    out = run(tmp_path, "s0", f"generate.image={input_png}", "generate=img2img", "generate.strength=0",
-              "generate.num_images=1")
-    image = np.asarray(Image.open(next((out / "images").glob("*.png")))).astype(int)
-    circle = np.asarray(Image.open(input_png))[:, 16:80]
-    assert np.abs(image - circle).mean() < 8  # the tiny VAE's round trip
-    assert json.loads((out / "generate.json").read_text())["images"][0]["strength"] == 0
-
-
 def test_prompt_weights_on_the_tiny_text_encoder():
     """No weights: exactly the plain encoding. (blue:1.5): only the mean-rescaled rows change, the
     blue token's row most, and the encoding's mean is kept."""
@@ -137,23 +140,6 @@ def test_prompt_weights_on_the_tiny_text_encoder():
     assert weighted.mean() == pytest.approx(plain[0].mean(), rel=1e-5)
     change = np.abs(weighted - plain[0]).mean(-1)
     assert change.argmax() == 2 and change[2] > 3 * np.median(change)
-
-
-def test_two_embeddings_of_different_formats_in_one_prompt(tmp_path):
-    from finetune.export.formats import FORMATS
-
-    vectors = np.random.default_rng(0).standard_normal((2, 64)).astype("float32")
-    other = FORMATS["a1111_safetensors"].save(tmp_path / "other", "my-stripes", vectors)
-    out = tmp_path / "two"
-    from finetune.generation.job import generate
-
-    cfg = compose(f"embeddings=[{EMBEDDING},{other}]", 'generate.prompts=["a photo of {} and my-stripes"]',
-                  "generate.num_images=1")
-    generate(cfg, out)
-    meta = json.loads((out / "generate.json").read_text())
-    assert [e["token"] for e in meta["embeddings"]] == ["<concept>", "my-stripes"]
-    assert [e["num_vectors"] for e in meta["embeddings"]] == [1, 2]
-    assert meta["images"][0]["prompt"] == "a photo of <concept> and my-stripes"
 
 
 @pytest.mark.parametrize("overrides,error,match", [
