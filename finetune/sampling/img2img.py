@@ -62,6 +62,7 @@ def img2img_latents(
     weights: Sequence[float] | None = None,
     on_step: StepHook | None = None,
     progress: bool = True,
+    desc: str = "img2img",
 ) -> np.ndarray:
     """Denoised latents of `init_latents` [B, h, w, c] noised with `noise` (same shape) to `strength`."""
     strength = check_strength(strength)
@@ -76,4 +77,4 @@ def img2img_latents(
     if on_step is not None:  # the modes that keep a region see the start latents too
         latents = on_step(latents, start - 1, alpha_at(settings, start), False)
     return denoise(denoise_fn, settings, latents, contexts, uncond, weights, start=start, on_step=on_step,
-                   progress=progress, desc="img2img")
+                   progress=progress, desc=desc)

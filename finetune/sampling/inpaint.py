@@ -110,7 +110,7 @@ def inpaint_latents(
         return (m * latents + (1.0 - m) * reference).astype(np.float32)
 
     return img2img_latents(denoise_fn, settings, known, noise, contexts, uncond, strength, weights,
-                           on_step=keep_known, progress=progress)
+                           on_step=keep_known, progress=progress, desc="inpaint")
 
 
 def paste_back(generated: np.ndarray, original: np.ndarray, blend: np.ndarray) -> np.ndarray:
