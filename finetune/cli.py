@@ -13,7 +13,7 @@ from pathlib import Path
 from finetune.errors import FinetuneError
 
 # Files Hydra writes into every run folder before the job does anything.
-_BOOKKEEPING = {".hydra", "train.log", "evaluate.log"}
+_BOOKKEEPING = {".hydra", "train.log", "evaluate.log", "generate.log"}
 
 
 def quiet_frameworks(verbose: bool) -> None:

@@ -201,3 +201,49 @@ def test_ddim_sampling_matches_stable_diffusion_pipeline(ckpt, ours, clip_tokeni
     assert relative_error(latents.transpose(0, 3, 1, 2), expected) <= TOL
     assert relative_error(np.asarray(decoder(latents)).transpose(0, 3, 1, 2), expected_images) <= TOL
     assert np.abs(expected - noise.transpose(0, 3, 1, 2)).max() > 0.1  # sampling did move the latents
+
+
+@pytest.mark.parametrize("strength", [0.5, 0.8])
+def test_img2img_matches_stable_diffusion_img2img_pipeline(ckpt, ours, clip_tokenizer, strength):
+    """finetune.sampling.img2img on converted weights against diffusers' StableDiffusionImg2ImgPipeline
+    + DDIMScheduler (SD v1's config, eta = 0): same init image, strength, noise, prompts; 1e-4 relative.
+
+    The init latents are the VAE posterior's mean x the latent scale on both sides (the project's
+    encoder on ours, diffusers' AutoencoderKL handed to the pipeline as 4-channel latents, which it
+    uses as they are: by default it would sample the posterior). The noise is the pipeline's own draw,
+    reproduced with the same torch generator. Same argument for the tolerance as the txt2img test."""
+    import tensorflow as tf
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from finetune.sampling import SamplerSettings
+    from finetune.sampling.img2img import encode_latents, img2img_latents
+    from finetune.tokens.tokenizer import ClipTokenizer
+
+    preset, _ = ours
+    pipe = StableDiffusionImg2ImgPipeline(**make_pipeline(ckpt.models, clip_tokenizer).components)
+    pipe.set_progress_bar_config(disable=True)
+    text_encoder, unet, encoder, decoder = (loaded(ours, ckpt, "diffusers", c)
+                                            for c in ("text_encoder", "unet", "vae_encoder", "vae_decoder"))
+    prompts = ["a photo of a cat", "an oil painting of a red house"]
+    images = np.random.default_rng(6).integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
+    steps, guidance = 10, 7.5
+    with torch.no_grad():
+        pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).astype("float32") / 127.5 - 1.0)
+        init = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+        expected = pipe(prompts, image=init, strength=strength, negative_prompt=[""] * 2, num_inference_steps=steps,
+                        guidance_scale=guidance, eta=0.0, generator=torch.Generator().manual_seed(0),
+                        output_type="latent").images.numpy()
+        noise = torch.randn(tuple(init.shape), generator=torch.Generator().manual_seed(0)).numpy()
+
+    ours_init = encode_latents(encoder, images)
+    assert relative_error(ours_init.transpose(0, 3, 1, 2), init.numpy()) <= TOL
+    tokenizer = ClipTokenizer()
+    denoise = tf.function(lambda x, t, c: unet(x, t, c), reduce_retracing=True)
+    latents = img2img_latents(denoise, SamplerSettings(num_steps=steps, guidance_scale=guidance, eta=0.0),
+                              ours_init, noise.transpose(0, 2, 3, 1), [text_encoder(tokenizer(prompts))],
+                              text_encoder(tokenizer([""])), strength, progress=False)
+    assert relative_error(latents.transpose(0, 3, 1, 2), expected) <= TOL
+    with torch.no_grad():
+        expected_images = pipe.vae.decode(torch.from_numpy(expected) / preset.vae.scaling_factor).sample.numpy()
+    assert relative_error(np.asarray(decoder(latents)).transpose(0, 3, 1, 2), expected_images) <= TOL
+    assert np.abs(expected - init.numpy()).max() > 0.1  # denoising did move the latents

@@ -44,6 +44,17 @@ class PromptRenderer:
         self._denoise = compiled_call(unet, jit_compile)
         self._decode = compiled_call(vae_decoder, jit_compile)
 
+    @property
+    def denoise_fn(self):
+        """The compiled UNet call (latents, timesteps, context) -> predicted noise, for the loops of
+        finetune.sampling (img2img, inpaint, mix, walk)."""
+        return self._denoise
+
+    def noise(self, seeds, latent_shape: tuple[int, int, int] | None = None) -> np.ndarray:
+        """The initial noise of each seed [len(seeds), h, w, c], as `sample_latents` draws it."""
+        shape = tuple(latent_shape or self.latent_shape)
+        return np.stack([np.random.default_rng(s).standard_normal(shape, dtype=np.float32) for s in seeds])
+
     def encode(self, prompts: list[str]) -> np.ndarray:
         return keras.ops.convert_to_numpy(self.text_encoder(self.tokenizer(prompts)))
 

@@ -1,0 +1,240 @@
+"""Acceptance measurements of `python -m finetune.generate` on the tiny model (docs/generate.md).
+
+    python scripts/generate_quality.py [--embedding tests/fixtures/red-checkered-heart.safetensors]
+                                       [--samples 16] [--steps 25] [--out docs/generate_quality.json]
+
+Fixed seeds: sample i uses toy-world scene seed i and noise seed i. The toy world's checker reads
+the attributes back from the pixels; the tiny CLIP judge gives CLIP-I to the concept's images.
+  img2img     a render of shape S in color C, prompt "a <other color> <other shape>", 6 strengths
+  inpaint     a two-shape render, a box over its right half, a prompt for another shape there
+              ("a green star on the right on a white background")
+  outpaint    32 px added on the right: are the original pixels exactly where they were
+  mix         "a photo of <concept>" and "a photo of a blue heart", weight w of the second
+  walk        8 frames from "a photo of <concept>" to "a photo of shape" (the initializer)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+STRENGTHS = (0.0, 0.25, 0.3, 0.5, 0.75, 1.0)
+MIX_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# (shape, color) of the input -> (shape, color) of the prompt
+IMG2IMG_PAIRS = (("circle", "blue", "square", "red"), ("star", "green", "heart", "purple"),
+                 ("square", "red", "triangle", "yellow"), ("heart", "purple", "circle", "green"))
+INPAINT = (("circle", "blue", "star", "green"), ("square", "red", "heart", "blue"),
+           ("triangle", "green", "circle", "red"), ("star", "purple", "square", "orange"))
+SEAM = 3
+
+
+def load(embedding: str, steps: int):
+    from finetune.assembly import resolve_model
+    from finetune.config import compose_config
+    from finetune.generation.config import register_generate_schema
+    from finetune.generation.job import build_generator, load_embeddings, make_tokenizer
+    from finetune.sampling import SamplerSettings
+
+    register_generate_schema()
+    cfg = compose_config("generate", [f"embeddings=[{embedding}]", f"generate.num_steps={steps}"])
+    source = resolve_model(cfg.model)
+    concepts = load_embeddings(cfg.embeddings, source.preset.text_encoder.width, source.preset.name, False)
+    tokenizer = make_tokenizer(concepts, source.preset.text_encoder.max_length)
+    g = cfg.generate
+    settings = SamplerSettings(num_steps=g.num_steps, guidance_scale=g.guidance_scale, eta=g.eta, seed=g.seed)
+    return cfg, source, build_generator(source, concepts, tokenizer, cfg.resolution, g, settings, [], "")
+
+
+def rate(measured, **want) -> float:
+    return float(np.mean([all(m.get(k) == v for k, v in want.items()) for m in measured]))
+
+
+def img2img(gen, n: int, guidance_scale: float | None = None, strengths=STRENGTHS) -> dict:
+    from finetune.evaluation.scores import measure_images
+    from finetune.sampling.img2img import encode_latents, img2img_latents
+    from finetune.toyworld.captions import describe
+    from finetune.toyworld.render import Scene, render
+
+    pairs = [IMG2IMG_PAIRS[i % len(IMG2IMG_PAIRS)] for i in range(n)]
+    inputs = np.stack([render(Scene(s, c, "large", "center", "white", "plain", seed=i))
+                       for i, (s, c, _, _) in enumerate(pairs)])
+    prompts = [describe({"color": oc, "shape": os_}) for _, _, os_, oc in pairs]
+    init = encode_latents(gen.encoder, inputs)
+    contexts, uncond, noise = gen.encode(prompts), gen.encode([""]), gen.renderer.noise(range(n))
+    if guidance_scale is not None:
+        gen = copy.copy(gen)
+        gen.settings = dataclasses.replace(gen.settings, guidance_scale=guidance_scale)
+    rows = {}
+    for strength in strengths:
+        latents = img2img_latents(gen.renderer.denoise_fn, gen.settings, init, noise, [contexts], uncond, strength,
+                                  progress=False)
+        images = gen.decode(latents)
+        measured = measure_images(images)
+        rows[str(strength)] = {
+            "input_kept": float(np.mean([m.get("shape") == s and m.get("color") == c
+                                         for m, (s, c, _, _) in zip(measured, pairs)])),
+            "prompt_read": float(np.mean([m.get("shape") == os_ and m.get("color") == oc
+                                          for m, (_, _, os_, oc) in zip(measured, pairs)])),
+            "mean_pixel_distance": float(np.abs(images.astype(np.float32) - inputs).mean() / 255),
+        }
+    # the tiny model's text-to-image rate for the same prompts and seeds (an ordinary txt2img run)
+    from finetune.sampling.loop import denoise
+
+    txt = measure_images(gen.decode(denoise(gen.renderer.denoise_fn, gen.settings, noise, [contexts], uncond,
+                                            progress=False)))
+    distances = [rows[str(s)]["mean_pixel_distance"] for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    return {"guidance_scale": gen.settings.guidance_scale, "strengths": rows, "txt2img_prompt_read": float(np.mean(
+        [m.get("shape") == os_ and m.get("color") == oc for m, (_, _, os_, oc) in zip(txt, pairs)])),
+        "distance_monotonic_over_0_0.25_0.5_0.75_1": bool(np.all(np.diff(distances) > 0))}
+
+
+def two_shapes(i: int, left: tuple, right: tuple) -> np.ndarray:
+    from finetune.toyworld.render import Scene, render
+
+    image = render(Scene(left[0], left[1], "small", "left", "white", "plain", seed=i))
+    image[:, 32:] = render(Scene(right[0], right[1], "small", "right", "white", "plain", seed=1000 + i))[:, 32:]
+    return image
+
+
+def inpaint(gen, n: int) -> dict:
+    from finetune.evaluation.scores import measure_images
+    from finetune.sampling.img2img import encode_latents
+    from finetune.sampling.inpaint import (box_mask, feather, inpaint_latents, latent_mask, pad_canvas,
+                                           paste_back)
+    from finetune.toyworld.captions import describe
+
+    cases = [INPAINT[i % len(INPAINT)] for i in range(n)]
+    inputs = np.stack([two_shapes(i, (a, ca), ("circle" if a != "circle" else "square", "yellow"))
+                       for i, (a, ca, _, _) in enumerate(cases)])
+    prompts = [describe({"color": cp, "shape": sp, "position": "right", "background": "white"})
+               for _, _, sp, cp in cases]
+    mask = box_mask((32, 0, 64, 64), 64, 64)
+    m = latent_mask(mask, gen.renderer.vae_decoder.spec.downsampling_factor, 1)
+    init = encode_latents(gen.encoder, inputs)
+    latents = inpaint_latents(gen.renderer.denoise_fn, gen.settings, init, gen.renderer.noise(range(n)), m,
+                              [gen.encode(prompts)], gen.encode([""]), 1.0, progress=False)
+    blend = feather(mask, SEAM)
+    outputs = np.stack([paste_back(img, x, blend) for img, x in zip(gen.decode(latents), inputs)])
+    outside = blend == 0
+    inside_only = outputs.copy()
+    inside_only[:, :, :32] = 245  # the white background over the kept half: the checker reads the new shape
+    measured = measure_images(inside_only)
+    # outpaint: 32 px on the right of a plain render
+    from finetune.toyworld.render import Scene, render
+
+    originals = np.stack([render(Scene(s, c, "large", "center", "white", "plain", seed=i))
+                          for i, (s, c, _, _) in enumerate(cases)])
+    canvases, masks = zip(*[pad_canvas(x, 0, 32, 0, 0, "edge") for x in originals])
+    canvas_mask = masks[0]
+    out_latents = inpaint_latents(gen.renderer.denoise_fn, gen.settings, encode_latents(gen.encoder, np.stack(canvases)),
+                                  gen.renderer.noise(range(n), (8, 12, init.shape[-1])),
+                                  latent_mask(canvas_mask, gen.renderer.vae_decoder.spec.downsampling_factor, 1),
+                                  [gen.encode(prompts)], gen.encode([""]), 1.0, progress=False)
+    out_blend = feather(canvas_mask, SEAM, outward=False)
+    outpainted = np.stack([paste_back(img, c, out_blend) for img, c in zip(gen.decode(out_latents), canvases)])
+    return {
+        "outside_dilated_mask_max_abs_diff": int(np.abs(outputs.astype(int) - inputs)[:, outside].max()),
+        "dilation_px": SEAM,
+        "inside_shape_read": float(np.mean(
+            [mm.get("shape") == sp for mm, (_, _, sp, _) in zip(measured, cases)])),
+        "inside_color_read": float(np.mean([mm.get("color") == cp for mm, (_, _, _, cp) in zip(measured, cases)])),
+        "inside_shape_and_color_read": float(np.mean(
+            [mm.get("shape") == sp and mm.get("color") == cp for mm, (_, _, sp, cp) in zip(measured, cases)])),
+        "outpaint_original_pixels_exact": float(np.mean(outpainted[:, :, :64] == originals)),
+        "_images": (inputs, outputs, outpainted),
+    }
+
+
+def mix(gen, n: int, placeholder: str, weights=MIX_WEIGHTS, modes=("blend", "guidance")) -> dict:
+    from finetune.evaluation.scores import measure_images
+    from finetune.sampling.loop import denoise
+    from finetune.sampling.mix import blend_encodings
+
+    a = np.repeat(gen.encode([f"a photo of {placeholder}"]), n, axis=0)
+    b = np.repeat(gen.encode(["a photo of a blue heart"]), n, axis=0)
+    uncond, noise = gen.encode([""]), gen.renderer.noise(range(n))
+    out = {}
+    for how in modes:
+        rows = {}
+        for w in weights:
+            if how == "blend":
+                latents = denoise(gen.renderer.denoise_fn, gen.settings, noise, [blend_encodings([a, b], [1 - w, w])],
+                                  uncond, progress=False)
+            else:
+                latents = denoise(gen.renderer.denoise_fn, gen.settings, noise, [a, b], uncond, [1 - w, w],
+                                  progress=False)
+            measured = measure_images(gen.decode(latents))
+            rows[str(w)] = {"other_color": rate(measured, color="blue"),
+                            "concept_pattern": rate(measured, pattern="checkered"),
+                            "both": rate(measured, color="blue", pattern="checkered")}
+        out[how] = rows
+    return out
+
+
+def walk(gen, n: int, placeholder: str, cfg, source, seeds=None) -> dict:
+    from finetune.evaluation.judge import load_judge
+    from finetune.evaluation.metrics import clip_i
+    from finetune.evaluation.stage import reference_images
+    from finetune.sampling.loop import denoise
+    from finetune.sampling.walk import walk_inputs
+
+    judge = load_judge(cfg.model.judge, source.preset)
+    reference = judge.embed_images(reference_images(ROOT / "finetune" / "assets" / "concepts" / "red-checkered-heart", cfg.resolution))
+    a, b = gen.encode([f"a photo of {placeholder}", "a photo of shape"])
+    uncond = gen.encode([""])
+    per_frame = []
+    gif_frames = None
+    for seed in (range(n) if seeds is None else seeds):
+        noise = gen.renderer.noise([seed])[0]
+        contexts, noises = walk_inputs(a, b, noise, noise, 8)
+        frames = gen.decode(denoise(gen.renderer.denoise_fn, gen.settings, noises, [contexts], uncond, progress=False))
+        per_frame.append([clip_i(reference, judge.embed_images(f[None])) for f in frames])
+        gif_frames = frames if gif_frames is None else gif_frames
+    mean = np.mean(per_frame, axis=0)
+    rises = np.diff(mean)
+    return {"clip_i_per_frame": [round(float(x), 4) for x in mean], "largest_rise": float(max(rises.max(), 0.0)),
+            "_frames": gif_frames}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--embedding", default=str(ROOT / "tests/fixtures/red-checkered-heart.safetensors"))
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--out", default=str(ROOT / "docs/generate_quality.json"))
+    parser.add_argument("--only", default="img2img,inpaint,mix,walk")
+    args = parser.parse_args()
+    start = time.time()
+    cfg, source, gen = load(args.embedding, args.steps)
+    placeholder = gen.tokenizer.placeholders and next(iter(gen.tokenizer.placeholders))
+    results = {"samples": args.samples, "steps": args.steps, "guidance_scale": gen.settings.guidance_scale,
+               "embedding": os.path.relpath(args.embedding, ROOT)}
+    only = args.only.split(",")
+    for name, fn in (("img2img", lambda: img2img(gen, args.samples)),
+                     ("img2img_guidance_1", lambda: img2img(gen, args.samples, 1.0)), ("inpaint", lambda: inpaint(gen, args.samples)),
+                     ("mix", lambda: mix(gen, args.samples, placeholder)),
+                     ("walk", lambda: walk(gen, args.samples, placeholder, cfg, source))):
+        if name.split("_")[0] in only:
+            t = time.time()
+            results[name] = {k: v for k, v in fn().items() if not k.startswith("_")}
+            results[name]["seconds"] = round(time.time() - t, 1)
+            print(json.dumps({name: results[name]}, indent=1), flush=True)
+    results["seconds"] = round(time.time() - start, 1)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
