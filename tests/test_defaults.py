@@ -10,6 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from finetune.config import ASSETS_DIR, CONFIGS_DIR, EvaluateConfig, TrainConfig, compose_config, register_schemas
+from finetune.generation.config import GenerateConfig, register_generate_schema
 from finetune.pretraining.config import PretrainConfig, register_pretrain_schema
 
 PRETRAIN_DIR = CONFIGS_DIR.parent / "pretraining" / "configs"
@@ -23,6 +24,7 @@ def _raw(config_name: str, config_dir=CONFIGS_DIR, overrides=()) -> dict:
     """The composed config as written (interpolations unresolved), without Hydra's own section."""
     register_schemas()
     register_pretrain_schema()
+    register_generate_schema()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides))
@@ -48,7 +50,8 @@ def _disagreements(yaml: dict, schema: dict, skip=()) -> list[str]:
             if not key.startswith(tuple(skip)) and yaml.get(key, "<absent>") != schema.get(key, "<absent>")]
 
 
-@pytest.mark.parametrize("config_name, schema", [("train", TrainConfig), ("evaluate", EvaluateConfig)])
+@pytest.mark.parametrize("config_name, schema", [("train", TrainConfig), ("evaluate", EvaluateConfig),
+                                                 ("generate", GenerateConfig)])
 def test_schema_defaults_agree_with_the_default_yaml(config_name, schema):
     wrong = _disagreements(_raw(config_name), OmegaConf.to_container(OmegaConf.structured(schema), resolve=False),
                            skip=PER_MODEL_OPTION)
@@ -72,12 +75,16 @@ def _options() -> list[str]:
 
 def test_every_group_option_is_listed():
     options = _options()
-    assert len(options) == 18 and "model=tiny_random" in options and "hydra/launcher=slurm" in options
+    assert len(options) == 25 and "model=tiny_random" in options and "generate=walk" in options and "hydra/launcher=slurm" in options
     assert not (CONFIGS_DIR / "pretrain").exists()  # pretraining's config sits beside its own schema
 
 
 @pytest.mark.parametrize("option", _options())
 def test_every_group_option_composes_into_the_typed_config(option):
+    if option.startswith("generate="):  # finetune-generate's modes
+        register_generate_schema()
+        assert isinstance(compose_config("generate", [option]), GenerateConfig)
+        return
     cfg = compose_config("train", [option, *NEEDS.get(option, [])])
     assert isinstance(cfg, TrainConfig)
     assert cfg.token.placeholder == "<red-checkered-heart>" or option == "experiment=sd_v1_cat"
