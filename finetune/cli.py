@@ -13,7 +13,7 @@ from pathlib import Path
 from finetune.errors import FinetuneError
 
 # Files Hydra writes into every run folder before the job does anything.
-_BOOKKEEPING = {".hydra", "train.log", "evaluate.log"}
+_BOOKKEEPING = {".hydra", "train.log", "evaluate.log", ".lock"}
 
 
 def quiet_frameworks(verbose: bool) -> None:
@@ -27,6 +27,12 @@ def quiet_frameworks(verbose: bool) -> None:
     import tensorflow_datasets as tfds
 
     tfds.display_progress_bar(False)
+
+
+def describe_path(path) -> str:
+    from finetune.safefiles import describe_path as describe
+
+    return describe(path)
 
 
 def remove_if_empty_run(run_dir: Path) -> None:
@@ -49,8 +55,15 @@ def job_guard(run_dir: Path):
     try:
         yield
     except FinetuneError as e:
-        remove_if_empty_run(run_dir)
+        from finetune.io import RunFolderLocked
+
+        if not isinstance(e, RunFolderLocked):  # the folder is another live run's: leave it alone
+            remove_if_empty_run(run_dir)
         _fail(str(e))
+    except OSError as e:  # a full disk or a read-only folder in any stage: one line, not a traceback
+        remove_if_empty_run(run_dir)
+        _fail(f"{e.strerror or e}{f': {describe_path(e.filename)}' if e.filename else ''}; check the disk has room "
+              "and the folder is writable")
     except (HydraException, OmegaConfBaseException) as e:
         remove_if_empty_run(run_dir)
         _fail(_one_line_config_error(e))
@@ -104,5 +117,6 @@ def _one_line_config_error(e: Exception) -> str:
 
 
 def _fail(message: str) -> None:
+    message = " ".join(str(message).splitlines())  # one line, whatever a file name holds
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)

@@ -133,6 +133,8 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     prompts: list[str] = field(default_factory=lambda: ["a photo of {}"])  # {} = the placeholder
+    # A prompt without {} renders without the learned token: refused unless this is false.
+    require_placeholder: bool = True
     negative_prompt: str = ""
     images_per_prompt: int = 2
     num_steps: int = 25
