@@ -34,7 +34,7 @@ from PIL import Image
 
 from finetune.data.images import find_images, load_image
 from finetune.data.templates import make_caption, read_sidecar, sidecar_path, template_problem
-from finetune.errors import ConfigError, DataError
+from finetune.errors import ConfigError, DataError, FinetuneError
 
 log = logging.getLogger(__name__)
 
@@ -292,9 +292,18 @@ def prepare_concept(
                 download_dir=data_dir / "downloads",
                 download_config=download_config(),
             )
-    except OSError:
+    except OSError as e:
         # Another process may have finished the same dataset first (its rename won).
         if not _is_prepared(builder):
-            raise
+            raise FinetuneError(f"cannot prepare the dataset in {data_dir}: {e.strerror or e}; check the disk has room "
+                                "and the folder is writable (data.data_dir)") from None
         builder = make_builder(config, data_dir)
+    except Exception as e:  # tfds/TensorFlow report a full disk as tf.errors.ResourceExhaustedError and friends
+        import tensorflow as tf
+
+        if not isinstance(e, tf.errors.OpError):
+            raise
+        reason = " ".join(str(e.message or e).split())[:200]
+        raise FinetuneError(f"cannot prepare the dataset in {data_dir}: {reason}; check the disk has room "
+                            "and the folder is writable (data.data_dir)") from None
     return builder

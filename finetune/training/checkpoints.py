@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from finetune.errors import DataError, FinetuneError, MissingFileError
-from finetune.io import write_bytes_atomic, write_json_atomic
+from finetune.io import fault_point, write_bytes_atomic, write_json_atomic
 from finetune.safefiles import ALL_DTYPES, SafetensorsReader, describe_path, dump_safetensors, read_json
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,10 @@ def save_checkpoint(run_dir: Path, step: int, groups: dict[str, list], meta: dic
         write_bytes_atomic(tmp / STATE_FILE, data, "checkpoint")
         write_json_atomic(tmp / META_FILE, {**meta, "step": step, "state_sha256": SafetensorsReader(
             tmp / STATE_FILE, dtypes=ALL_DTYPES, max_tensor_bytes=len(data)).metadata["sha256"]})
+        fault_point(f"checkpoint:{step}")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        fault_point(f"checkpoint-done:{step}")
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise FinetuneError(f"cannot write checkpoint {final}: {e.strerror or e}; check the folder is writable "
