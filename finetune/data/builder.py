@@ -35,6 +35,7 @@ from PIL import Image
 from finetune.data.images import find_images, load_image
 from finetune.data.templates import make_caption, read_sidecar, sidecar_path, template_problem
 from finetune.errors import ConfigError, DataError, FinetuneError
+from finetune.io import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ class ConceptImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for image_id, (file_name, encoded, captions) in enumerate(sources):
                 for template_id, caption in enumerate(captions):
                     key = f"{repeat:05d}-{image_id:02d}-{template_id:05d}"
+                    fault_point(f"dataset:{key}")  # kill-point tests: killed while tfds writes the split
                     yield key, {
                         "image": encoded,
                         "image_id": image_id,
