@@ -316,3 +316,40 @@ def test_full_disk_during_a_run(tmp_path, size):
         print(size, errors[0][:200])
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+# ----------------------------------------------------------------------------- the concept folder
+
+
+def test_concept_reader_lists_what_it_skipped(tmp_path, caplog):
+    from PIL import Image
+
+    from finetune.data.images import find_images
+
+    folder = tmp_path / "concept"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), "red").save(folder / "a.png")
+    (folder / "folder.png").mkdir()
+    (folder / "dangling.png").symlink_to(tmp_path / "missing.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    os.mkfifo(folder / "fifo.png")
+    (folder / "notes.doc").write_text("x")
+    (folder / "a.txt").write_text("on a sofa")
+    caplog.set_level("WARNING")
+    assert [p.name for p in find_images(folder)] == ["a.png"]
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(lines) == 1
+    for entry in ("folder.png (a folder)", "dangling.png (dangling link)", "loop.png (", "zero.png (not a regular file)",
+                  "fifo.png (not a regular file)", "notes.doc ("):
+        assert entry in lines[0], lines[0]
+    assert "a.txt" not in lines[0]
+
+
+def test_huge_caption_sidecar_is_refused_unread(tmp_path):
+    from finetune.data.templates import read_sidecar
+    from finetune.errors import DataError
+
+    (tmp_path / "x.txt").write_bytes(b"word " * 4_000_000)  # 20 MB
+    with pytest.raises(DataError, match="token.truncate_long_prompts"):
+        read_sidecar(tmp_path / "x.png")
