@@ -9,7 +9,6 @@ the end with one uninterrupted run, bitwise. CI runs a short chain; FINETUNE_KIL
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path

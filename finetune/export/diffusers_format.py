@@ -16,13 +16,12 @@ DataError. Written by `finetune.safefiles.dump_safetensors` (sorted: determinist
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from finetune.errors import DataError, MissingFileError
+from finetune.errors import DataError
 from finetune.io import write_bytes_atomic
 from finetune.safefiles import SafetensorsReader, dump_safetensors
 
