@@ -300,12 +300,17 @@ def prepare_concept(
             raise FinetuneError(f"cannot prepare the dataset in {data_dir}: {e.strerror or e}; check the disk has room "
                                 "and the folder is writable (data.data_dir)") from None
         builder = make_builder(config, data_dir)
-    except Exception as e:  # tfds/TensorFlow report a full disk as tf.errors.ResourceExhaustedError and friends
+    except FinetuneError:
+        raise
+    except Exception as e:  # tfds/TensorFlow report a full disk as tf.errors.ResourceExhaustedError, or wrap it
         import tensorflow as tf
 
-        if not isinstance(e, tf.errors.OpError):
+        text = str(getattr(e, "message", None) or e)
+        if not isinstance(e, tf.errors.OpError) and not any(
+            s in text for s in ("ResourceExhausted", "No space left", "Permission denied", "Read-only file system")
+        ):
             raise
-        reason = " ".join(str(e.message or e).split())[:200]
+        reason = " ".join(text.split())[:300]
         raise FinetuneError(f"cannot prepare the dataset in {data_dir}: {reason}; check the disk has room "
                             "and the folder is writable (data.data_dir)") from None
     return builder

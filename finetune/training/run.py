@@ -189,6 +189,9 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         save_checkpoint(run_dir, step, checkpoint_groups,
                         {"fingerprint": run_fingerprint, "seed": cfg.seed, "history": history.as_metrics()},
                         keep=cfg.trainer.keep_checkpoints)
+        save_snapshot(step)
+
+    def save_snapshot(step: int) -> None:
         snapshot = run_dir / f"learned_embeds-steps-{step}.safetensors"
         save_diffusers_embedding(snapshot, cfg.token.placeholder, vectors(), {**metadata, "steps": str(step)})
         logger.log_embedding(snapshot, step, metadata)
@@ -205,6 +208,8 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
 
     history = cb.TrainingHistory(start_micro, accumulation, vectors, initial_vectors)
     history.restore(resumed_meta.get("history"))  # a resumed run's metrics cover every step
+    if start_step and not (run_dir / f"learned_embeds-steps-{start_step}.safetensors").is_file():
+        save_snapshot(start_step)  # killed between the checkpoint and its snapshot
     callbacks = [
         history,
         cb.ProgressBar(start_micro, accumulation, cfg.trainer.max_steps),
