@@ -31,6 +31,26 @@ class RunFolderLocked(ConfigError):
 _LOCKS: dict[str, int] = {}
 
 
+def locked_by_another_process(run_dir: str | os.PathLike) -> bool:
+    """True while another live process holds `run_dir`'s lock (`lock_run_folder`)."""
+    import fcntl
+
+    run_dir = Path(run_dir)
+    if str(run_dir.resolve()) in _LOCKS or not (run_dir / ".lock").is_file():
+        return False
+    try:
+        fd = os.open(run_dir / ".lock", os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also releases the probe's lock
+
+
 def lock_run_folder(run_dir: str | os.PathLike) -> Path:
     """Lock `run_dir` for this process (held until it exits; again from the same process is a no-op).
 

@@ -354,3 +354,21 @@ def test_huge_caption_sidecar_is_refused_unread(tmp_path):
     (tmp_path / "x.txt").write_bytes(b"word " * 4_000_000)  # 20 MB
     with pytest.raises(DataError, match="token.truncate_long_prompts"):
         read_sidecar(tmp_path / "x.png")
+
+
+def test_temp_files_of_a_live_run_are_left_alone(tmp_path):
+    from finetune.training.checkpoints import remove_stale_temp_files
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from finetune.io import lock_run_folder; "
+         f"lock_run_folder({str(tmp_path)!r}); print('locked', flush=True); time.sleep(300)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (tmp_path / ".metrics.json.abc.tmp").write_bytes(b"x")
+        assert remove_stale_temp_files(tmp_path) == []
+        assert (tmp_path / ".metrics.json.abc.tmp").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert remove_stale_temp_files(tmp_path) == [tmp_path / ".metrics.json.abc.tmp"]

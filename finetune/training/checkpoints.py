@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from finetune.errors import DataError, FinetuneError, MissingFileError
-from finetune.io import fault_point, write_bytes_atomic, write_json_atomic
+from finetune.io import fault_point, locked_by_another_process, write_bytes_atomic, write_json_atomic
 from finetune.safefiles import ALL_DTYPES, SafetensorsReader, describe_path, dump_safetensors, read_json
 
 log = logging.getLogger(__name__)
@@ -191,10 +191,10 @@ def restore_checkpoint(path: Path, groups: dict[str, list]) -> dict:
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     """Remove what a killed run left half-written in `run_dir`: temporary checkpoint folders and the
     temporary files of `finetune.io.atomic_write` (`.<name>.<random>.tmp`). Returns what was removed.
-    Call it only while holding the folder's lock (`finetune.io.lock_run_folder`)."""
+    A folder another live process holds (`finetune.io.lock_run_folder`) is left alone."""
     run_dir = Path(run_dir)
     removed = []
-    if not run_dir.is_dir():
+    if not run_dir.is_dir() or locked_by_another_process(run_dir):  # a live run's temp files are its own
         return removed
     for root, dirs, files in os.walk(run_dir):
         for d in list(dirs):
