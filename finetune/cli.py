@@ -59,20 +59,20 @@ def job_guard(run_dir: Path):
 
         if not isinstance(e, RunFolderLocked):  # the folder is another live run's: leave it alone
             remove_if_empty_run(run_dir)
-        _fail(str(e))
+        fail(str(e))
     except OSError as e:  # a full disk or a read-only folder in any stage: one line, not a traceback
         remove_if_empty_run(run_dir)
-        _fail(f"{e.strerror or e}{f': {describe_path(e.filename)}' if e.filename else ''}; check the disk has room "
+        fail(f"{e.strerror or e}{f': {describe_path(e.filename)}' if e.filename else ''}; check the disk has room "
               "and the folder is writable")
     except (HydraException, OmegaConfBaseException) as e:
         remove_if_empty_run(run_dir)
-        _fail(_one_line_config_error(e))
+        fail(_one_line_config_error(e))
     except BaseException:
         remove_if_empty_run(run_dir)
         raise
 
 
-def _import_tensorflow_silently() -> None:
+def import_tensorflow_silently() -> None:
     """TF 2.21 prints absl/oneDNN/CUDA notices from C++ at import, whatever TF_CPP_MIN_LOG_LEVEL says."""
     devnull, saved = os.open(os.devnull, os.O_WRONLY), os.dup(2)
     try:
@@ -88,7 +88,7 @@ def run_cli(hydra_main) -> None:
     """Call a @hydra.main function; user errors become one line on stderr and exit code 2."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "verbose=true" not in sys.argv:
-        _import_tensorflow_silently()
+        import_tensorflow_silently()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -96,9 +96,9 @@ def run_cli(hydra_main) -> None:
     try:
         hydra_main()
     except FinetuneError as e:
-        _fail(str(e))
+        fail(str(e))
     except (HydraException, OmegaConfBaseException) as e:
-        _fail(_one_line_config_error(e))
+        fail(_one_line_config_error(e))
 
 
 def _one_line_config_error(e: Exception) -> str:
@@ -116,7 +116,10 @@ def _one_line_config_error(e: Exception) -> str:
     return f"config error: {first}" + (f" (key: {key})" if key and key not in first else "")
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     message = " ".join(str(message).splitlines())  # one line, whatever a file name holds
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+_fail, _import_tensorflow_silently = fail, import_tensorflow_silently  # the old private names
