@@ -13,7 +13,7 @@ from pathlib import Path
 from finetune.errors import FinetuneError
 
 # Files Hydra writes into every run folder before the job does anything.
-_BOOKKEEPING = {".hydra", "train.log", "evaluate.log", "generate.log"}
+_BOOKKEEPING = {".hydra", "train.log", "evaluate.log", "generate.log", ".lock"}
 
 
 def quiet_frameworks(verbose: bool) -> None:
@@ -27,6 +27,12 @@ def quiet_frameworks(verbose: bool) -> None:
     import tensorflow_datasets as tfds
 
     tfds.display_progress_bar(False)
+
+
+def describe_path(path) -> str:
+    from finetune.safefiles import describe_path as describe
+
+    return describe(path)
 
 
 def remove_if_empty_run(run_dir: Path) -> None:
@@ -49,17 +55,24 @@ def job_guard(run_dir: Path):
     try:
         yield
     except FinetuneError as e:
+        from finetune.io import RunFolderLocked
+
+        if not isinstance(e, RunFolderLocked):  # the folder is another live run's: leave it alone
+            remove_if_empty_run(run_dir)
+        fail(str(e))
+    except OSError as e:  # a full disk or a read-only folder in any stage: one line, not a traceback
         remove_if_empty_run(run_dir)
-        _fail(str(e))
+        fail(f"{e.strerror or e}{f': {describe_path(e.filename)}' if e.filename else ''}; check the disk has room "
+              "and the folder is writable")
     except (HydraException, OmegaConfBaseException) as e:
         remove_if_empty_run(run_dir)
-        _fail(_one_line_config_error(e))
+        fail(_one_line_config_error(e))
     except BaseException:
         remove_if_empty_run(run_dir)
         raise
 
 
-def _import_tensorflow_silently() -> None:
+def import_tensorflow_silently() -> None:
     """TF 2.21 prints absl/oneDNN/CUDA notices from C++ at import, whatever TF_CPP_MIN_LOG_LEVEL says."""
     devnull, saved = os.open(os.devnull, os.O_WRONLY), os.dup(2)
     try:
@@ -75,7 +88,7 @@ def run_cli(hydra_main) -> None:
     """Call a @hydra.main function; user errors become one line on stderr and exit code 2."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "verbose=true" not in sys.argv and not _answers_without_running(sys.argv[1:]):
-        _import_tensorflow_silently()
+        import_tensorflow_silently()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -83,9 +96,9 @@ def run_cli(hydra_main) -> None:
     try:
         hydra_main()
     except FinetuneError as e:
-        _fail(str(e))
+        fail(str(e))
     except (HydraException, OmegaConfBaseException) as e:
-        _fail(_one_line_config_error(e))
+        fail(_one_line_config_error(e))
 
 
 def _answers_without_running(args: list[str]) -> bool:
@@ -108,6 +121,10 @@ def _one_line_config_error(e: Exception) -> str:
     return f"config error: {first}" + (f" (key: {key})" if key and key not in first else "")
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
+    message = " ".join(str(message).splitlines())  # one line, whatever a file name holds
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+_fail, _import_tensorflow_silently = fail, import_tensorflow_silently  # the old private names

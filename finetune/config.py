@@ -150,6 +150,8 @@ class TrainerConfig:
 class EvalConfig:
     # {} = the placeholder: the concept as it is, then in new contexts (what textual inversion is for)
     prompts: list[str] = field(default_factory=lambda: ["a photo of {}", "{} on a green background", "a small {}"])
+    # A prompt without {} renders without the learned token: refused unless this is false.
+    require_placeholder: bool = True
     negative_prompt: str = ""
     images_per_prompt: int = 4
     num_steps: int = 25

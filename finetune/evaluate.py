@@ -19,7 +19,11 @@ def main(cfg: DictConfig) -> None:
 
     run_dir = HydraConfig.get().runtime.output_dir
     with job_guard(run_dir):
-        grid = evaluate_embedding(OmegaConf.to_object(cfg), run_dir)
+        from finetune.validation import validate_evaluate_config
+
+        typed = OmegaConf.to_object(cfg)
+        validate_evaluate_config(typed)  # every key before any work
+        grid = evaluate_embedding(typed, run_dir)
     print(f"done: {grid}")
 
 

@@ -7,9 +7,11 @@ finetune.train` and `python -m finetune.evaluate` leave).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from finetune.errors import FinetuneError
+from finetune.safefiles import describe_path, read_json
 
 USAGE = ("usage: finetune-runs [root=DIR]   (or python -m finetune.runs; default: root=outputs)\n"
          "the runs under a folder as a table: their config overrides and final metrics")
@@ -40,7 +42,7 @@ def _number(value, digits: int = 4) -> str:
 
 
 def run_row(run_dir: Path, root: Path) -> dict[str, str]:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_json(run_dir / "metrics.json", "metrics file")
     norms = metrics.get("learned_vector_norms")
     return {
         "run": str(run_dir.relative_to(root)),
@@ -78,7 +80,14 @@ def main(args: list[str] | None = None) -> int:
     if not runs:
         print(f"no runs under {root} (a run folder holds metrics.json and .hydra/overrides.yaml)")
         return 0
-    print(format_table([run_row(run, root) for run in runs]))
+    rows = []
+    for run in runs:
+        try:
+            rows.append(run_row(run, root))
+        except FinetuneError as e:  # one damaged run folder does not hide the others
+            print(f"warning: skipped {describe_path(run)}: {' '.join(str(e).split())}", file=sys.stderr)
+    if rows:
+        print(format_table(rows))
     return 0
 
 

@@ -20,7 +20,9 @@ def main(cfg: DictConfig) -> dict:
     run_dir = HydraConfig.get().runtime.output_dir
     with job_guard(run_dir):
         metrics = train(OmegaConf.to_object(cfg), run_dir)
-    print(f"done: {run_dir} (final loss {metrics['final_loss']:.4f}, {metrics['wall_seconds']:.0f} s)")
+    loss = metrics.get("final_loss")
+    loss = "no training step" if loss is None else f"final loss {loss:.4f}"
+    print(f"done: {run_dir} ({loss}, {metrics['wall_seconds']:.0f} s)")
     return metrics
 
 

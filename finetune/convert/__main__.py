@@ -13,7 +13,7 @@ import resource
 import sys
 import time
 
-from finetune.cli import _fail, _import_tensorflow_silently
+from finetune.cli import fail as _fail, import_tensorflow_silently as _import_tensorflow_silently
 
 KEYS = {
     "source": "a diffusers SD v1 folder (unet/, vae/, text_encoder/) or a CompVis single file (.safetensors)",

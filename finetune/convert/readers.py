@@ -1,16 +1,15 @@
 """Reading SD v1 checkpoints: a diffusers folder or a CompVis single file, as tensors under diffusers names.
 
 Safetensors files are read lazily: the header is validated against the file size first
-(`finetune.export.diffusers_format.read_safetensors_header`: dtypes, shapes, offsets
-tiling the data exactly), then each tensor is read on demand, so converting never holds
+(`finetune.safefiles.SafetensorsReader`: bounded header, typed fields, offsets
+tiling the data exactly, a cap on each tensor), then each tensor is read on demand, so converting never holds
 more than the tensor at hand. Pickle-based files (`.ckpt`, `.bin`, `.pt`, `.pth`) are
 refused unless the caller opts in, and then read only with `torch.load(weights_only=True)`
-(`finetune.export.formats._torch_load`; torch is an optional extra).
+(`finetune.export.formats.torch_load`; torch is an optional extra).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -21,18 +20,15 @@ import numpy as np
 from finetune.convert import keymaps
 from finetune.convert.configs import infer_compvis_configs
 from finetune.errors import ConfigError, DataError, MissingFileError
-from finetune.export.diffusers_format import _decode, read_safetensors_header
-from finetune.export.formats import _import_torch, _torch_load, is_pickle_path
+from finetune.export.formats import import_torch, is_pickle_path, torch_load
+from finetune.safefiles import ALL_DTYPES, FLOAT_DTYPES, SafetensorsReader, read_json
 
 HINT = "re-download or re-save the checkpoint"
 OPT_IN = "allow_pickle=true"
-# Tensor dtypes a checkpoint may hold (safetensors name -> numpy dtype, bytes per element); only
-# floating-point ones are ever read as weights, the others are buffers such as position ids.
-DTYPES = {
-    "F16": ("<f2", 2), "BF16": (None, 2), "F32": ("<f4", 4), "F64": ("<f8", 8),
-    "I64": ("<i8", 8), "I32": ("<i4", 4), "I16": ("<i2", 2), "I8": ("i1", 1), "U8": ("u1", 1), "BOOL": ("?", 1),
-}  # fmt: skip
-FLOATS = ("F16", "BF16", "F32", "F64")
+# Tensor dtypes a checkpoint may hold; only floating-point ones are ever read as weights, the
+# others are buffers such as position ids.
+DTYPES = ALL_DTYPES
+FLOATS = tuple(FLOAT_DTYPES)
 # diffusers folder: sub-folder -> weight file stems, safetensors first (diffusers / transformers names)
 SUBFOLDERS = {
     "unet": ("diffusion_pytorch_model", "diffusion_pytorch_model"),
@@ -46,27 +42,17 @@ class SafetensorsFile:
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            with path.open("rb") as f:
-                self.entries, _, self.data_start = read_safetensors_header(
-                    path, f, os.fstat(f.fileno()).st_size, DTYPES, HINT
-                )
-        except OSError as e:
-            raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+        self._reader = SafetensorsReader(path, dtypes=DTYPES, hint=HINT, what="checkpoint file")
+        self.entries, self.data_start = self._reader.entries, self._reader.data_start
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(shape) for name, (_, shape, _, _) in self.entries.items()}
+        return self._reader.shapes()
 
     def read(self, name: str) -> np.ndarray:
-        dtype, shape, begin, end = self.entries[name]
+        dtype = self.entries[name][0]
         if dtype not in FLOATS:
             raise DataError(f"{self.path}: tensor {name!r} has dtype {dtype}; weights must be floating point")
-        with self.path.open("rb") as f:
-            f.seek(self.data_start + begin)
-            data = f.read(end - begin)
-        if len(data) != end - begin:
-            raise DataError(f"{self.path} is truncated (it changed while it was read); {HINT}")
-        return _decode(data, dtype, shape)
+        return self._reader.read(name)
 
 
 class TorchFile:
@@ -74,8 +60,8 @@ class TorchFile:
 
     def __init__(self, path: Path, allow_pickle: bool, opt_in: str):
         self.path = path
-        obj = _torch_load(path, allow_pickle, opt_in, what="checkpoint", hint=HINT, mmap=zipfile.is_zipfile(path))
-        torch = _import_torch(f"reading {path}")
+        obj = torch_load(path, allow_pickle, opt_in, what="checkpoint", hint=HINT, mmap=zipfile.is_zipfile(path))
+        torch = import_torch(f"reading {path}")
         state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
         if not isinstance(state, dict):
             raise DataError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
@@ -141,14 +127,8 @@ def _diffusers_name(model: str, key: str) -> str | None:
 
 
 def read_json_object(path: Path, what: str) -> dict:
-    """A JSON file holding an object; anything else is a DataError naming the file as `what`."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is not a readable {what} ({e})") from e
-    if not isinstance(data, dict):
-        raise DataError(f"{path} is not a {what} (not a JSON object)")
-    return data
+    """A JSON file holding an object (bounded, `finetune.safefiles.read_json`); anything else is a DataError."""
+    return read_json(path, what)
 
 
 def _read_config(folder: Path) -> dict:
@@ -171,10 +151,12 @@ def _weight_files(folder: Path, model: str, allow_pickle: bool, opt_in: str) -> 
         if path.is_file():
             return [open_weight_file(path, allow_pickle, opt_in)]
     if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise DataError(f"{index} is not a safetensors index (no weight_map: {e})") from e
+        weight_map = read_json(index, "safetensors index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise DataError(f"{index} is not a safetensors index (no weight_map of file names)")
+        shards = sorted(set(weight_map.values()))
+        if any(Path(shard).name != shard for shard in shards):
+            raise DataError(f"{index} names shard files outside its folder: {[s for s in shards if Path(s).name != s][:3]}")
         return [open_weight_file(folder / shard, allow_pickle, opt_in) for shard in shards]
     for path in (folder / f"{pickle_stem}.bin", folder / f"{pickle_stem}.fp16.bin"):
         if path.is_file():

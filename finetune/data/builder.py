@@ -34,7 +34,8 @@ from PIL import Image
 
 from finetune.data.images import find_images, load_image
 from finetune.data.templates import make_caption, read_sidecar, sidecar_path, template_problem
-from finetune.errors import ConfigError, DataError
+from finetune.errors import ConfigError, DataError, FinetuneError
+from finetune.io import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ class ConceptImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for image_id, (file_name, encoded, captions) in enumerate(sources):
                 for template_id, caption in enumerate(captions):
                     key = f"{repeat:05d}-{image_id:02d}-{template_id:05d}"
+                    fault_point(f"dataset:{key}")  # kill-point tests: killed while tfds writes the split
                     yield key, {
                         "image": encoded,
                         "image_id": image_id,
@@ -292,9 +294,23 @@ def prepare_concept(
                 download_dir=data_dir / "downloads",
                 download_config=download_config(),
             )
-    except OSError:
+    except OSError as e:
         # Another process may have finished the same dataset first (its rename won).
         if not _is_prepared(builder):
-            raise
+            raise FinetuneError(f"cannot prepare the dataset in {data_dir}: {e.strerror or e}; check the disk has room "
+                                "and the folder is writable (data.data_dir)") from None
         builder = make_builder(config, data_dir)
+    except FinetuneError:
+        raise
+    except Exception as e:  # tfds/TensorFlow report a full disk as tf.errors.ResourceExhaustedError, or wrap it
+        import tensorflow as tf
+
+        text = str(getattr(e, "message", None) or e)
+        if not isinstance(e, tf.errors.OpError) and not any(
+            s in text for s in ("ResourceExhausted", "No space left", "Permission denied", "Read-only file system")
+        ):
+            raise
+        reason = " ".join(text.split())[:300]
+        raise FinetuneError(f"cannot prepare the dataset in {data_dir}: {reason}; check the disk has room "
+                            "and the folder is writable (data.data_dir)") from None
     return builder

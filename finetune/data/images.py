@@ -11,14 +11,17 @@ images are converted.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from finetune.errors import DataError, MissingFileError
+from finetune.safefiles import describe_path
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,30 @@ def is_image_file(path: Path) -> bool:
         and path.suffix.lower() in IMAGE_EXTENSIONS
         and path.is_file()
     )
+
+
+def skipped_entries(folder: Path) -> list[str]:
+    """What a concept folder holds besides images, caption sidecars (.txt) and concept.json, each with the
+    reason it is skipped: folders named like images, dangling links, link loops, FIFOs, devices, other files."""
+    out = []
+    for p in sorted(folder.iterdir(), key=lambda p: p.name):
+        if p.name.startswith(".") or is_image_file(p):
+            continue
+        suffix = p.suffix.lower()
+        try:
+            mode = p.stat().st_mode
+        except OSError as e:  # dangling link, link loop, no permission
+            reason = "dangling link" if p.is_symlink() and e.errno == errno.ENOENT else (e.strerror or str(e)).lower()
+            out.append(f"{describe_path(p.name)} ({reason})")
+            continue
+        if stat.S_ISDIR(mode):
+            if suffix in IMAGE_EXTENSIONS:
+                out.append(f"{describe_path(p.name)} (a folder)")
+        elif not stat.S_ISREG(mode):
+            out.append(f"{describe_path(p.name)} (not a regular file)")
+        elif suffix not in IMAGE_EXTENSIONS and suffix not in (".txt", ".json"):
+            out.append(f"{describe_path(p.name)} (not {'/'.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
+    return out
 
 
 def find_images(concept_dir: str | os.PathLike, *, verify: bool = True) -> list[Path]:
@@ -58,6 +85,12 @@ def find_images(concept_dir: str | os.PathLike, *, verify: bool = True) -> list[
     if not folder.is_dir():
         raise DataError(f"concept folder {folder} is a file, not a folder: point it at the folder of images")
     files = sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
+    if verify:
+        skipped = skipped_entries(folder)
+        if skipped:
+            log.warning("concept folder %s: skipped %d entr%s that %s not image files: %s", describe_path(folder),
+                        len(skipped), "y" if len(skipped) == 1 else "ies", "is" if len(skipped) == 1 else "are",
+                        ", ".join(skipped[:20]) + (", ..." if len(skipped) > 20 else ""))
     if not files:
         raise DataError(
             f"concept folder {folder} holds no image: add 1-{MAX_IMAGES} images "

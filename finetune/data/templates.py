@@ -21,6 +21,10 @@ import os
 from pathlib import Path
 
 from finetune.errors import ConfigError, DataError, MissingFileError
+from finetune.safefiles import describe_path
+
+# A caption sidecar adds a few words to each caption; anything longer cannot fit in CLIP's 77 tokens anyway.
+MAX_SIDECAR_BYTES = 64 * 1024
 
 # The object templates of the textual-inversion paper (imagenet_templates_small).
 OBJECT_TEMPLATES: tuple[str, ...] = (
@@ -146,9 +150,19 @@ def read_sidecar(image_path: str | os.PathLike) -> str | None:
     if not path.is_file():
         return None
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with path.open("rb") as f:
+            raw = f.read(MAX_SIDECAR_BYTES + 1)
+        if len(raw) > MAX_SIDECAR_BYTES:
+            raise DataError(
+                f"caption file {describe_path(path)} is more than {MAX_SIDECAR_BYTES} bytes; a caption sidecar holds "
+                "a few words, and a caption must fit in the model's 77 tokens (token.truncate_long_prompts=true "
+                "cuts longer ones)"
+            )
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"caption file {path} is not UTF-8 text ({e}): save it as UTF-8") from e
+        raise DataError(f"caption file {describe_path(path)} is not UTF-8 text ({e}): save it as UTF-8") from e
+    except OSError as e:
+        raise DataError(f"cannot read caption file {describe_path(path)}: {e.strerror or e}") from None
     text = " ".join(text.split())
     return text or None
 

@@ -7,13 +7,12 @@ every generated image is also measured by the toy world's checker.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from finetune.errors import DataError
 from finetune.evaluation.metrics import attribute_score, clip_i, clip_t, per_attribute_accuracy, remove_placeholder
+from finetune.safefiles import read_json
 
 CONCEPT_FILE = "concept.json"
 
@@ -25,13 +24,7 @@ def read_concept(concept_dir: str | Path | None) -> dict | None:
     path = Path(concept_dir) / CONCEPT_FILE
     if not path.is_file():
         return None
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e}); fix or delete it") from e
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: not a JSON object; fix or delete it")
-    return meta
+    return read_json(path, "concept file")  # bounded and type-checked: DataError naming the file
 
 
 def concept_attributes(concept_dir: str | Path | None) -> dict | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finetune.cli import _fail
+from finetune.cli import fail as _fail
 from finetune.errors import FinetuneError
 
 

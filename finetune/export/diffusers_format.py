@@ -10,28 +10,22 @@ data_offsets relative to the end of the header; optional "__metadata__" str->str
 then the raw little-endian data, which the tensors must cover exactly (no holes, nothing after).
 
 `read_safetensors` checks the whole header against the file size before it reads or
-allocates any tensor data, so a corrupt or hostile file costs at most its own size.
-Written with `safetensors.numpy` only (no torch).
+allocates any tensor data (`finetune.safefiles`), so a corrupt or hostile file is one
+DataError. Written by `finetune.safefiles.dump_safetensors` (sorted: deterministic bytes; no torch).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
-import safetensors.numpy
 
-from finetune.errors import DataError, MissingFileError
+from finetune.errors import DataError
 from finetune.io import write_bytes_atomic
+from finetune.safefiles import SafetensorsReader, dump_safetensors
 
 DEFAULT_FILENAME = "learned_embeds.safetensors"
-_HEADER_LEN_BYTES = 8
-# Guard against absurd header lengths before reading them (the safetensors library uses 100 MB).
-_MAX_HEADER_BYTES = 100_000_000
-# safetensors dtype name -> (numpy dtype or None for bfloat16, bytes per element)
-_FLOAT_DTYPES = {"F16": ("<f2", 2), "BF16": (None, 2), "F32": ("<f4", 4), "F64": ("<f8", 8)}
 REEXPORT_HINT = "re-export the embedding"
 
 
@@ -72,7 +66,7 @@ def save_single_tensor(path, key: str, vectors, metadata: dict[str, str] | None 
     if key == "__metadata__":
         raise ValueError("the tensor name cannot be '__metadata__' (reserved by the safetensors format)")
     arr = check_vectors(vectors, key, path)
-    data = safetensors.numpy.save({key: arr}, metadata=check_metadata(metadata))
+    data = dump_safetensors({key: arr}, check_metadata(metadata))  # sorted: the same vectors give the same bytes
     return write_bytes_atomic(path, data, "embedding")
 
 
@@ -94,111 +88,18 @@ def save_diffusers_embedding(
 # ----------------------------------------------------------------------------- reading
 
 
-def _corrupt(path: Path, reason: str, hint: str = REEXPORT_HINT) -> DataError:
-    return DataError(f"{path} is truncated or corrupt ({reason}); {hint}")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def read_safetensors_header(
-    path: Path, f, file_size: int, dtypes: dict | None = None, hint: str = REEXPORT_HINT
-) -> tuple[dict[str, tuple[str, list[int], int, int]], dict[str, str], int]:
-    """Read and validate the header of the open safetensors file `f` (positioned at 0).
-
-    Returns ({name: (dtype, shape, begin, end)}, metadata, data_start). Every check that
-    can be made without the tensor data is made here: the header length is plausible and
-    inside the file, the header is a JSON object, metadata is str -> str, every tensor has
-    a floating dtype, a shape of non-negative ints and offsets whose size matches the shape,
-    and the tensors tile the data region exactly up to the end of the file.
-    `dtypes` ({safetensors dtype: (numpy dtype, bytes per element)}) widens the accepted
-    dtypes (default: floating point only); `hint` ends every error message.
-    """
-    table = _FLOAT_DTYPES if dtypes is None else dtypes
-    if file_size < _HEADER_LEN_BYTES:
-        raise DataError(f"{path} is not a safetensors file ({file_size} bytes, too short); {hint}")
-    n = int.from_bytes(f.read(_HEADER_LEN_BYTES), "little")
-    if n > _MAX_HEADER_BYTES:
-        raise DataError(f"{path} is not a safetensors file (header length {n} is implausible); {hint}")
-    if _HEADER_LEN_BYTES + n > file_size:
-        raise DataError(
-            f"{path} is truncated or not a safetensors file (header says {n} bytes, file has {file_size}); "
-            f"{hint}"
-        )
-    raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        reason = " ".join(str(e).split())
-        raise DataError(f"{path} is not a safetensors file (header is not JSON: {reason}); {hint}") from e
-    if not isinstance(header, dict):
-        raise DataError(f"{path} is not a safetensors file (header is not a JSON object); {hint}")
-
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise DataError(f"{path} has a corrupt safetensors header ('__metadata__' is not a str -> str map); {hint}")
-
-    entries: dict[str, tuple[str, list[int], int, int]] = {}
-    for name, info in header.items():
-        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-            raise DataError(f"{path} has a corrupt safetensors header (entry {name!r}); {hint}")
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in table:
-            what = "embedding vectors must be floating point" if dtypes is None else "expected one of"
-            raise DataError(f"{path}: tensor {name!r} has dtype {dtype}; {what} ({', '.join(sorted(table))})")
-        if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
-            raise DataError(f"{path} has a corrupt safetensors header (shape {shape!r} of {name!r}); {hint}")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
-            raise DataError(f"{path} has a corrupt safetensors header (data_offsets {offsets!r} of {name!r}); {hint}")
-        nbytes = int(np.prod(shape, dtype=object)) * table[dtype][1]
-        if offsets[1] - offsets[0] != nbytes:
-            raise _corrupt(path, f"tensor {name!r} of shape {shape} needs {nbytes} bytes, its offsets span {offsets[1] - offsets[0]}", hint)
-        entries[name] = (dtype, list(shape), offsets[0], offsets[1])
-
-    data_start = _HEADER_LEN_BYTES + n
-    end = 0
-    for name, (_, _, begin, stop) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
-        if begin != end:
-            raise _corrupt(path, f"tensor {name!r} starts at byte {begin} of the data, expected {end}", hint)
-        end = stop
-    if data_start + end != file_size:
-        have = file_size - data_start
-        if have < end:
-            raise _corrupt(path, f"the header needs {end} bytes of tensor data, the file has {have}", hint)
-        raise _corrupt(path, f"{have - end} unexpected bytes after the tensor data", hint)
-    return entries, metadata, data_start
-
-
-def _decode(buf: bytes, dtype: str, shape: list[int]) -> np.ndarray:
-    np_dtype, _ = _FLOAT_DTYPES[dtype]
-    if np_dtype is None:  # bfloat16 is the top half of a float32 (numpy has no bfloat16 dtype)
-        u16 = np.frombuffer(buf, dtype="<u2").astype(np.uint32)
-        return (u16 << 16).view(np.float32).reshape(shape)
-    return np.frombuffer(buf, dtype=np_dtype).reshape(shape).astype(np.float32)
+# Largest embedding file read (SD v1 with 75 vectors is 230 kB): a bigger one is refused unread.
+MAX_EMBEDDING_BYTES = 256 * 2**20
 
 
 def read_safetensors(path: str | os.PathLike, what: str = "embedding file") -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read every tensor of a safetensors file as float32 (header fully validated first).
+    """Read every tensor of a safetensors file as float32 (header fully validated first, by
+    `finetune.safefiles.SafetensorsReader`: bounded size, nesting and numbers, typed fields).
 
     Returns ({name: float32 array}, metadata). Raises MissingFileError if the file does not
     exist and DataError (one line, naming the file) if it cannot be used."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{what} {path} does not exist; check the path")
-    try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            entries, metadata, data_start = read_safetensors_header(path, f, size)
-            f.seek(data_start)
-            data = f.read(size - data_start)
-    except OSError as e:
-        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from e
-    if len(data) != size - data_start:  # the file shrank while we read it
-        raise _corrupt(path, "the file changed while it was read")
-    tensors = {name: _decode(data[begin:end], dtype, shape) for name, (dtype, shape, begin, end) in entries.items()}
-    return tensors, metadata
+    reader = SafetensorsReader(path, hint=REEXPORT_HINT, what=what, max_file_bytes=MAX_EMBEDDING_BYTES)
+    return reader.read_all(), dict(reader.metadata)
 
 
 def as_vectors(path: Path, name: str, array: np.ndarray) -> np.ndarray:

@@ -140,7 +140,7 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def _import_torch(purpose: str):
+def import_torch(purpose: str):
     try:
         import torch
     except ImportError as e:
@@ -175,7 +175,7 @@ def _refuse_pickle(path: Path, opt_in: str) -> DataError:
     )
 
 
-def _torch_load(path: Path, allow_pickle: bool, opt_in: str, what: str = "embedding file",
+def torch_load(path: Path, allow_pickle: bool, opt_in: str, what: str = "embedding file",
                 hint: str = "re-export the embedding", mmap: bool = False):
     """The only way this project unpickles anything: opted in, weights_only=True, on the CPU.
     `mmap=True` maps the file's tensors instead of reading them (large checkpoints)."""
@@ -183,7 +183,7 @@ def _torch_load(path: Path, allow_pickle: bool, opt_in: str, what: str = "embedd
         raise _refuse_pickle(path, opt_in)
     if not path.is_file():
         raise MissingFileError(f"{what} {path} does not exist; check the path")
-    torch = _import_torch(f"reading {path}")
+    torch = import_torch(f"reading {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
@@ -198,7 +198,7 @@ def _torch_load(path: Path, allow_pickle: bool, opt_in: str, what: str = "embedd
 
 
 def _tensor_to_numpy(path: Path, key: str, value) -> np.ndarray:
-    torch = _import_torch(f"reading {path}")
+    torch = import_torch(f"reading {path}")
     if not isinstance(value, torch.Tensor):
         raise DataError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
     if not value.is_floating_point():
@@ -256,7 +256,7 @@ def _save_kohya(path: Path, name: str, vectors, metadata) -> Path:
 def _save_a1111_pt(path: Path, name: str, vectors, metadata) -> Path:
     safe = file_safe_name(name)
     arr = check_vectors(vectors, safe, path)
-    torch = _import_torch(f"writing {path} (AUTOMATIC1111 .pt)")
+    torch = import_torch(f"writing {path} (AUTOMATIC1111 .pt)")
     data = {
         "string_to_token": dict(A1111_STRING_TO_TOKEN),
         "string_to_param": {"*": torch.from_numpy(arr.copy())},
@@ -287,7 +287,7 @@ def _read(path, allow_pickle: bool, opt_in: str) -> _Contents:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
-        data = _torch_load(path, allow_pickle, opt_in)
+        data = torch_load(path, allow_pickle, opt_in)
         if not isinstance(data, dict):
             raise DataError(f"{path} holds a {type(data).__name__}; an embedding file holds a dict")
         return _Contents(path, "pickle", data, {})
@@ -510,5 +510,6 @@ def convert(src, out_dir, formats, *, name: str | None = None, allow_pickle: boo
 
 __all__ = [
     "Embedding", "EmbeddingFormat", "FORMATS", "check_formats", "check_trigger_stem", "convert", "detect_format",
-    "export_embedding", "file_safe_name", "load_any", "modelspec_metadata", "torch_available", "trigger_placeholder",
+    "export_embedding", "file_safe_name", "import_torch", "is_pickle_path", "load_any", "modelspec_metadata",
+    "torch_available", "torch_load", "trigger_placeholder",
 ]

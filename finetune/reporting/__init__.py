@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from finetune.errors import FinetuneError
 from finetune.evaluation.grid import save_png_atomic
 from finetune.sampling.renderer import expand_prompt
 from finetune.reporting.plots import plot_embedding, plot_loss
@@ -62,6 +63,8 @@ def write_run_report(run_dir: str | Path, metrics: dict, cfg) -> dict[str, Path]
         write_report(run_dir / "report.html", title=f"{cfg.name} run {run_dir.name}", subtitle=subtitle,
                      metrics=metrics, pictures=pictures, config_yaml=OmegaConf.to_yaml(OmegaConf.structured(cfg)),
                      overrides=read_overrides(run_dir) or [], files=files)
+    except FinetuneError:  # the disk is full or read-only: an error, not a report that claims to exist
+        raise
     except Exception as e:  # noqa: BLE001 - the report must not turn a finished run into a failed one
         log.warning("could not write the run's pictures or report.html (%s: %s)", type(e).__name__, e)
         return {}

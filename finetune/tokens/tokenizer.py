@@ -242,7 +242,7 @@ class ClipTokenizer:
                 if not self.truncate:
                     raise ConfigError(
                         f"prompt {_short(text)} has {count} tokens (with start/end) but at most {self.max_length} fit; "
-                        "shorten it or set truncate=True"
+                        "shorten it (a caption sidecar .txt, a template, an eval prompt) or set token.truncate_long_prompts=true"
                     )
                 logger.warning(
                     "prompt %s has %d tokens (with start/end); truncated to %d", _short(text), count, self.max_length

@@ -12,6 +12,8 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from finetune.io import fault_point
+
 
 class _UpdateCallback(keras.callbacks.Callback):
     """Calls `on_update(step, logs)` after every optimizer update (1-based `step`)."""
@@ -67,10 +69,24 @@ class TrainingHistory(_UpdateCallback):
         self.vector_norms.append(norms)
         self.cosines.append(cosines)
 
+    def restore(self, saved: dict | None) -> None:
+        """Continue the history a checkpoint saved (`as_metrics()`), so a resumed run's metrics are the
+        uninterrupted run's. Anything malformed is ignored (the history then starts here)."""
+        try:
+            losses, vectors = saved["loss_history"], saved["embedding_history"]
+            restored = ([list(losses[k]) for k in ("step", "loss", "lr", "grad_norm")],
+                        [list(vectors[k]) for k in ("step", "norm", "cosine_to_init")])
+        except (TypeError, KeyError):
+            return
+        (self.steps, self.losses, self.lrs, self.grad_norms), (self.vector_steps, self.vector_norms, self.cosines) = restored
+
     def on_train_begin(self, logs=None):
-        self._record_vectors(self.start_micro_step // self.accumulation)
+        start = self.start_micro_step // self.accumulation
+        if not self.vector_steps or self.vector_steps[-1] != start:
+            self._record_vectors(start)
 
     def on_update(self, step, logs):
+        fault_point(f"step:{step}")
         self.steps.append(step)
         for values, key in ((self.losses, "loss"), (self.lrs, "lr"), (self.grad_norms, "grad_norm")):
             values.append(float(logs.get(key, np.nan)))

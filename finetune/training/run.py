@@ -19,7 +19,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from finetune.assembly import (
-    ModelSource, build_renderer, check_resolution, initializer_ids, load_component, make_tokenizer,
+    build_renderer, check_resolution, initializer_ids, load_component, make_tokenizer,
     require_weights, resolve_model,
 )
 from finetune.backends import compiled_call, enable_determinism
@@ -30,14 +30,17 @@ from finetune.evaluation.grid import make_grid, save_png_atomic
 from finetune.evaluation.stage import render_eval_prompts, sampler_settings, score_rendered
 from finetune.export.diffusers_format import DEFAULT_FILENAME, save_diffusers_embedding
 from finetune.export.formats import check_formats, export_embedding
-from finetune.io import write_json_atomic
+from finetune.io import fault_point, lock_run_folder, write_json_atomic
 from finetune.reporting import write_run_report
 from finetune.sampling.renderer import expand_prompt
 from finetune.tracking import Tracker, make_tracker
 from finetune.training import callbacks as cb
 from finetune.training.build import build_tuner
-from finetune.training.checkpoints import find_resume_checkpoint, restore_checkpoint, save_checkpoint
+from finetune.training.checkpoints import (
+    find_resume_checkpoint, remove_stale_temp_files, restore_checkpoint, save_checkpoint,
+)
 from finetune.training.distribute import make_strategy, worker_index
+from finetune.validation import validate_train_config
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +64,6 @@ def encode_latents(vae_encoder, images: np.ndarray, batch_size: int) -> np.ndarr
     ])
 
 
-def validate(cfg, source: ModelSource) -> None:
-    t = cfg.trainer
-    for key, value, low in (
-        ("trainer.max_steps", t.max_steps, 1), ("trainer.batch_size", t.batch_size, 1),
-        ("trainer.gradient_accumulation_steps", t.gradient_accumulation_steps, 1),
-        ("trainer.checkpoint_every", t.checkpoint_every, 0), ("eval.images_per_prompt", cfg.eval.images_per_prompt, 1),
-    ):
-        if value < low:
-            raise ConfigError(f"{key}={value} must be >= {low}")
-    if t.learning_rate <= 0:
-        raise ConfigError(f"trainer.learning_rate={t.learning_rate} must be > 0")
-    check_resolution(source.preset, cfg.data.resolution)
-
-
 def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict:
     """Run textual inversion as `cfg` (a TrainConfig) says; outputs go to `run_dir`. Returns the metrics.
 
@@ -82,9 +71,10 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
+    validate_train_config(cfg)  # every key's range, before any work
     source = resolve_model(cfg.model)
     preset = source.preset
-    validate(cfg, source)
+    check_resolution(source.preset, cfg.data.resolution)
     check_formats(cfg.export.formats, cfg.token.placeholder)  # before hours of training, not after
     require_weights(source, ["text_encoder", "unet", "vae_encoder"] + (["vae_decoder"] if cfg.eval.enabled else []))
     # Before any TensorFlow op: MultiWorkerMirroredStrategy configures collective ops at startup.
@@ -93,6 +83,8 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     if worker:  # every worker trains the same vectors; only the chief's outputs land in the run folder
         run_dir = run_dir / f"worker-{worker}"
         log.info("multi-worker task %d: outputs in %s, no tracking", worker, run_dir)
+    lock_run_folder(run_dir)  # a second run into this folder is one error line, not a silent clobber
+    remove_stale_temp_files(run_dir)
     enable_determinism()
 
     tokenizer, placeholder_ids = make_tokenizer(cfg.token.placeholder, cfg.token.num_vectors,
@@ -106,8 +98,10 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     caption_tokens = tokenizer(examples.captions)
     log.info("concept: %d images, %d variants, %d captions", examples.num_sources, examples.num_variants, len(examples.captions))
 
+    fault_point("dataset")
     vae_encoder = load_component(source, "vae_encoder")
     moments = encode_latents(vae_encoder, examples.images, cfg.trainer.encode_batch_size)
+    fault_point("latents")
     del vae_encoder
     gc.collect()
 
@@ -119,8 +113,11 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     start_step = 0
     checkpoint_groups = {"learned_vectors": [tuner.learned_vectors], "optimizer": tuner.optimizer.variables}
     resume_from = find_resume_checkpoint(cfg.trainer.resume, run_dir, run_fingerprint)
+    resumed_meta = {}
     if resume_from is not None:
-        start_step = restore_checkpoint(resume_from, checkpoint_groups)["step"]
+        resumed_meta = restore_checkpoint(resume_from, checkpoint_groups)
+        start_step = resumed_meta["step"]
+        remove_stale_temp_files(resume_from.parent.parent)  # what the interrupted run left half-written
         log.info("resumed from %s at step %d", resume_from, start_step)
     start_micro = start_step * accumulation
     tuner.step_counter.assign(start_micro)
@@ -138,7 +135,11 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     def save(step: int) -> None:
         tuner.sync_variables()  # the optimizer's state too
         save_checkpoint(run_dir, step, checkpoint_groups,
-                        {"fingerprint": run_fingerprint, "seed": cfg.seed}, keep=cfg.trainer.keep_checkpoints)
+                        {"fingerprint": run_fingerprint, "seed": cfg.seed, "history": history.as_metrics()},
+                        keep=cfg.trainer.keep_checkpoints)
+        save_snapshot(step)
+
+    def save_snapshot(step: int) -> None:
         snapshot = run_dir / f"learned_embeds-steps-{step}.safetensors"
         save_diffusers_embedding(snapshot, cfg.token.placeholder, vectors(), {**metadata, "steps": str(step)})
         logger.log_embedding(snapshot, step, metadata)
@@ -155,6 +156,9 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         logger.log_preview(image, step)
 
     history = cb.TrainingHistory(start_micro, accumulation, vectors, initial_vectors)
+    history.restore(resumed_meta.get("history"))  # a resumed run's metrics cover every step
+    if start_step and not (run_dir / f"learned_embeds-steps-{start_step}.safetensors").is_file():
+        save_snapshot(start_step)  # killed between the checkpoint and its snapshot
     callbacks = [
         history,
         cb.ProgressBar(start_micro, accumulation, cfg.trainer.max_steps),
