@@ -25,7 +25,7 @@ RUN = (
 )
 TIMING_KEYS = {"train_seconds", "wall_seconds", "resumed_from_step"}
 OUTPUTS = ("learned_embeds.safetensors", "learned_embeds-steps-2.safetensors", "learned_embeds-steps-4.safetensors",
-           "export/kohya/concept.safetensors", "metrics.json", "loss.png", "embedding_norm.png", "report.html",
+           "export/kohya/red-checkered-heart.safetensors", "metrics.json", "loss.png", "embedding_norm.png", "report.html",
            "checkpoints/step-000002/state.safetensors", "checkpoints/step-000004/meta.json")
 
 # (kill point, what is done to the run folder before it is resumed)
@@ -40,7 +40,7 @@ FULL_CHAIN = [
     ("checkpoint:2", None), ("checkpoint-done:2", None), ("before-rename:learned_embeds-steps-2.safetensors", None),
     ("rename:learned_embeds-steps-2.safetensors", None), ("step:3", None), ("checkpoint-done:4", "damage-newest"),
     ("before-rename:learned_embeds-steps-4.safetensors", None), ("before-rename:learned_embeds.safetensors", None),
-    ("rename:learned_embeds.safetensors", None), ("before-rename:concept.safetensors", None),
+    ("rename:learned_embeds.safetensors", None), ("before-rename:red-checkered-heart.safetensors", None),
     ("before-rename:metrics.json", None), ("rename:metrics.json", None), ("before-rename:loss.png", None),
     ("before-rename:report.html", None), ("rename:report.html", None),
 ]
@@ -102,7 +102,7 @@ def run_chain(chain, reference: Path, run_dir: Path) -> list[str]:
     assert out.returncode == 0, out.stderr[-3000:]
     assert temp_files(run_dir) == []
     assert [f for f in OUTPUTS if not (run_dir / f).is_file()] == []
-    for name in ("learned_embeds.safetensors", "export/kohya/concept.safetensors", "learned_embeds-steps-4.safetensors"):
+    for name in ("learned_embeds.safetensors", "export/kohya/red-checkered-heart.safetensors", "learned_embeds-steps-4.safetensors"):
         assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
     assert metrics_without_timing(run_dir) == metrics_without_timing(reference)
     return notes
