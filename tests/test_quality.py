@@ -96,7 +96,9 @@ def test_training_on_the_bundled_concept_lowers_the_loss_and_raises_the_attribut
                         "trainer.checkpoint_every=0", "eval.preview_every=0")
     metrics = train(cfg, tmp_path)
     losses = metrics["loss_history"]["loss"]
-    assert np.mean(losses[-20:]) < np.mean(losses[:20])
+    # The loss of one step is noise (random timesteps): compare the halves of the run (200 steps each).
+    half = len(losses) // 2
+    assert np.mean(losses[half:]) < np.mean(losses[:half])
     after = metrics["quality"]["all"]
     assert after["attribute_score"] >= 0.7, after  # the gate (docs/quality.md)
     assert after["clip_i"] > 0.5 and "clip_t" in after
