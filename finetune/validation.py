@@ -139,5 +139,6 @@ def validate_evaluate_config(cfg) -> None:
     """Check every key of an EvaluateConfig before any work."""
     leaves = _flatten(cfg)
     _check_leaves(leaves)
-    check_placeholder(cfg.token.placeholder)
+    if cfg.token.placeholder is not None:  # null: the placeholder comes from the embedding file
+        check_placeholder(cfg.token.placeholder)
     check_prompts(cfg.eval.prompts, cfg.eval.require_placeholder)
