@@ -4,12 +4,11 @@ Imports no TensorFlow: this is what runs on a GPU machine that has JAX only (doc
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from finetune.benchmarks.timing import matmul_rate
 
 FLOPS_METHOD = ("XLA cost analysis of the compiled program (every op: matmuls, convolutions and the "
                 "elementwise work; XLA's count of a convolution is 2 x multiply-adds)")
@@ -26,14 +25,7 @@ def matmul_peak(dtype: str, size: int, repeats: int) -> dict:
     a = jax.random.normal(keys[0], (size, size)).astype(dtype)
     b = jax.random.normal(keys[1], (size, size)).astype(dtype)
     product = jax.jit(lambda x, y: jnp.sum(jnp.dot(x, y).astype(jnp.float32)))
-    product(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"size": size, "repeats": repeats, "median_s": median, "gflops": 2 * size**3 / median / 1e9}
+    return matmul_rate(lambda: product(a, b).block_until_ready(), size, repeats)
 
 
 def _flops(compiled) -> int:

@@ -4,12 +4,13 @@ profiler's time per op type."""
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
+from finetune.benchmarks.timing import matmul_rate
 
 # Ops whose FLOPs `graph_flops` counts: everything else (elementwise, norms, softmax) is a small
 # share of the FLOPs, though not of the time (see --profile).
@@ -27,14 +28,7 @@ def matmul_peak(dtype: str, size: int, repeats: int) -> dict:
     a = tf.cast(tf.random.normal([size, size]), dtype)
     b = tf.cast(tf.random.normal([size, size]), dtype)
     product = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.matmul(x, y), "float32")))
-    product(a, b).numpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product(a, b).numpy()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"size": size, "repeats": repeats, "median_s": median, "gflops": 2 * size**3 / median / 1e9}
+    return matmul_rate(lambda: product(a, b).numpy(), size, repeats)
 
 
 def _dims(tensor) -> list[int]:
