@@ -21,6 +21,11 @@ def _mapping(variables, values):
     return list(zip(variables, values))
 
 
+def _position(variables, variable) -> int:
+    """Where `variable` is in `variables`, by identity (a Keras variable's `==` compares values)."""
+    return next(i for i, v in enumerate(variables) if v is variable)
+
+
 def _loss_and_gradients(tuner, trainable, non_trainable, optimizer_values, batch, step):
     """(scaled loss, loss) and the gradients of the scaled loss for the trainable values."""
     frozen = _mapping(tuner.non_trainable_variables, non_trainable)
@@ -40,7 +45,7 @@ def _loss_and_gradients(tuner, trainable, non_trainable, optimizer_values, batch
 def train_step(tuner, state, data):
     trainable, non_trainable, optimizer_values, metrics_values = state
     batch = data[0] if isinstance(data, (tuple, list)) else data
-    counter = tuner.non_trainable_variables.index(tuner.step_counter)
+    counter = _position(tuner.non_trainable_variables, tuner.step_counter)
     step = non_trainable[counter]
     (_, loss), gradients = _loss_and_gradients(tuner, trainable, non_trainable, optimizer_values, batch, step)
     with keras.StatelessScope(state_mapping=_mapping(tuner.optimizer.variables, optimizer_values)):
@@ -61,7 +66,7 @@ def loss_and_gradient(tuner, batch, step: int) -> tuple[float, np.ndarray]:
     (_, loss), gradients = _loss_and_gradients(tuner, values(tuner.trainable_variables),
                                                values(tuner.non_trainable_variables),
                                                values(tuner.optimizer.variables), batch, step)
-    index = next(i for i, v in enumerate(tuner.trainable_variables) if v is tuner.learned_vectors)
+    index = _position(tuner.trainable_variables, tuner.learned_vectors)
     return float(loss), np.asarray(gradients[index], dtype="float32")
 
 
@@ -69,7 +74,7 @@ def current_vectors(tuner) -> np.ndarray:
     """The newest learned vectors: from the fit's state while it runs (without syncing every variable)."""
     state = getattr(tuner, "_jax_state", None)
     if state and not getattr(tuner, "_jax_state_synced", True):
-        index = next(i for i, v in enumerate(tuner.trainable_variables) if v is tuner.learned_vectors)
+        index = _position(tuner.trainable_variables, tuner.learned_vectors)
         return np.asarray(state["trainable_variables"][index], dtype="float32")
     return np.asarray(ops.convert_to_numpy(tuner.learned_vectors), dtype="float32")
 
