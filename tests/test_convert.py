@@ -245,7 +245,7 @@ def test_cli_converts_and_reports_errors_in_one_line(tmp_path):
     run = subprocess.run([sys.executable, "-m", "finetune.convert", f"source={ckpt.diffusers}", f"out={out}"],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stderr
-    assert "use it with: python -m finetune.train model=diffusers model.checkpoint=" in run.stdout
+    assert "use it with: finetune-train model=diffusers model.checkpoint=" in run.stdout
     assert_same_files({c: out / f"{c}.safetensors" for c in COMPONENTS}, ckpt.converted["diffusers"])
 
     bad = subprocess.run([sys.executable, "-m", "finetune.convert", f"source={tmp_path / 'x.ckpt'}", f"out={out}"],
