@@ -118,6 +118,9 @@ class TokenConfig:
     initializer: Optional[str] = "shape"  # text whose token embeddings start the vectors; null = random
     num_vectors: int = 1
     truncate_long_prompts: bool = False
+    # Editability (finetune/training/editability.py): each vector held at a fixed norm: null (free) |
+    # vocabulary (the vocabulary's mean norm) | initializer (its start norm) | a number. docs/quality.md measures them.
+    norm: Optional[str] = None
 
 
 @dataclass
@@ -144,6 +147,8 @@ class TrainerConfig:
     # Recompute UNet block activations in the backward pass instead of keeping them: less memory,
     # about one more UNet forward per step (docs/benchmarks.md). Same result.
     gradient_checkpointing: bool = False
+    # Editability: weight of the penalty mean ||v - v_start||^2 added to the loss (0: none; docs/quality.md).
+    l2_to_initializer: float = 0.0
 
 
 @dataclass

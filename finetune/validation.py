@@ -38,6 +38,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "trainer.checkpoint_every": (0, 10_000_000, True, True),
     "trainer.keep_checkpoints": (0, 1_000_000, True, True),
     "trainer.encode_batch_size": (1, 4096, True, True),
+    "trainer.l2_to_initializer": (0, INF, True, False),
     "eval.images_per_prompt": (1, 1000, True, True),
     "eval.num_steps": (1, 1000, True, True),
     "eval.guidance_scale": (0, 100, True, True),
@@ -58,6 +59,7 @@ CHOICES: dict[str, tuple] = {
     "logger.mode": ("online", "offline", "disabled"),
 }
 PROMPT_OPT_OUT = "eval.require_placeholder"
+NORM_TARGETS = ("vocabulary", "initializer")  # token.norm: one of these, a positive number, or null (free)
 # A placeholder is one token-like word: no whitespace, no quotes or characters Hydra's override grammar splits on.
 _PLACEHOLDER = re.compile(r"^[^\s'\"\\{}\[\],=]{1,64}$")
 
@@ -111,6 +113,21 @@ def check_placeholder(placeholder, key: str = "token.placeholder") -> None:
         )
 
 
+def parse_norm(norm, key: str = "token.norm") -> str | float | None:
+    """A learned-vector norm target as given (null, a NORM_TARGETS name, or a positive number, also as
+    text) -> None, the name or the number (finetune/training/editability.py)."""
+    if norm is None or norm in NORM_TARGETS:
+        return norm
+    try:
+        value = float(norm)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key}={norm!r}: expected null (a free norm), {' or '.join(NORM_TARGETS)}, "
+                          "or a positive number")
+    return value
+
+
 def check_prompts(prompts, require_placeholder: bool, key: str = "eval.prompts") -> None:
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise ConfigError(f"{key} must be a list of strings, got {prompts!r}")
@@ -127,6 +144,7 @@ def validate_train_config(cfg) -> None:
     leaves = _flatten(cfg)
     _check_leaves(leaves)
     check_placeholder(cfg.token.placeholder)
+    parse_norm(cfg.token.norm)
     if cfg.trainer.warmup_steps > cfg.trainer.max_steps:
         raise ConfigError(f"trainer.warmup_steps={cfg.trainer.warmup_steps} must be <= trainer.max_steps="
                           f"{cfg.trainer.max_steps}")

@@ -10,6 +10,7 @@ import numpy as np
 from finetune.assembly import ModelSource, load_component, load_text_encoder
 from finetune.backends import name as backend_name
 from finetune.diffusion.schedule import NoiseSchedule
+from finetune.training.editability import FixedNorm, project, target_norms
 from finetune.training.distribute import adapt_optimizer, check_trainer, make_strategy
 from finetune.training.fine_tuner import StableDiffusionFineTuner
 from finetune.training.schedules import WarmupDecay
@@ -37,12 +38,19 @@ def build_tuner(cfg, source: ModelSource, moments: np.ndarray, caption_tokens: n
     check_trainer(cfg.trainer, strategy)
     with strategy.scope():
         text_encoder = load_text_encoder(source, cfg.token.num_vectors)
-        initial_vectors = text_encoder.token_embedding.initial_vectors(init_ids, cfg.seed)
-        text_encoder.token_embedding.set_learned_vectors(initial_vectors)
+        embedding = text_encoder.token_embedding
+        initial_vectors = embedding.initial_vectors(init_ids, cfg.seed)
+        norms = target_norms(cfg.token.norm, initial_vectors, keras.ops.convert_to_numpy(embedding.table))
+        if norms is not None:  # on the sphere from the start, and after every update (the optimizer applies it)
+            embedding.learned_vectors.constraint = FixedNorm(norms)
+            embedding.set_learned_vectors(project(initial_vectors, norms))
+        else:
+            embedding.set_learned_vectors(initial_vectors)
         unet = load_component(source, "unet")
         unet.gradient_checkpointing = cfg.trainer.gradient_checkpointing
         tuner = StableDiffusionFineTuner(
             text_encoder, unet, moments, caption_tokens, NoiseSchedule(), source.preset.vae.scaling_factor, seed=cfg.seed,
+            initial_vectors=initial_vectors, l2_to_initializer=cfg.trainer.l2_to_initializer,
         )
         optimizer = make_optimizer(cfg.trainer)
         adapt_optimizer(optimizer, strategy)

@@ -5,7 +5,8 @@ add noise at uniform random timesteps (DDPM schedule), let the frozen UNet predi
 noise from the text encoding of the captions, and take the MSE. Gradients flow only
 into the text encoder's learned placeholder vectors.
 
-The loss is one definition in `keras.ops` (`sample_inputs` + `noise_loss`); the gradient
+The loss is one definition in `keras.ops` (`sample_inputs` + `objective`: `noise_loss` plus the
+optional editability penalty, finetune/training/editability.py); the gradient
 step around it is the backend's own (`step_tf.py`: `tf.GradientTape`; `step_jax.py`:
 `jax.value_and_grad` over Keras' stateless state), chosen when the class is built.
 
@@ -27,6 +28,7 @@ from finetune.backends import name as backend_name
 from finetune.data.columns import CAPTION, VARIANT
 from finetune.diffusion.schedule import NoiseSchedule
 from finetune.training import rng
+from finetune.training.editability import l2_penalty
 
 # Distinct streams of the counter-based RNG, combined with the step counter.
 STREAM_POSTERIOR, STREAM_TIMESTEP, STREAM_NOISE = 1, 2, 3
@@ -43,6 +45,8 @@ class StableDiffusionFineTuner(keras.Model):
         schedule: NoiseSchedule,
         latent_scale: float,
         seed: int = 0,
+        initial_vectors: np.ndarray | None = None,
+        l2_to_initializer: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -60,6 +64,9 @@ class StableDiffusionFineTuner(keras.Model):
         self.num_timesteps = schedule.num_train_timesteps
         self.latent_scale = float(latent_scale)
         self.seed = int(seed)
+        # The editability penalty (finetune/training/editability.py): weight x ||v - v_start||^2.
+        self.l2_to_initializer = float(l2_to_initializer)
+        self.start_vectors = None if initial_vectors is None else np.asarray(initial_vectors, "float32")
         self.step_counter = keras.Variable(
             0, dtype="int32", trainable=False, name="step_counter", aggregation="only_first_replica"
         )
@@ -92,6 +99,13 @@ class StableDiffusionFineTuner(keras.Model):
         context = self.text_encoder(tokens)
         predicted = self.unet(noisy, timesteps, context)
         return ops.mean(ops.square(ops.cast(predicted, "float32") - noise))
+
+    def objective(self, noisy, timesteps, noise, tokens):
+        """(what the gradient minimizes, the noise MSE that is logged): the MSE plus the editability penalty."""
+        loss = self.noise_loss(noisy, timesteps, noise, tokens)
+        if not self.l2_to_initializer:
+            return loss, loss
+        return loss + l2_penalty(self.learned_vectors, self.start_vectors, self.l2_to_initializer), loss
 
     def train_step(self, *args):
         # TensorFlow's trainer calls train_step(data); JAX's calls train_step(state, data).

@@ -34,9 +34,9 @@ def _loss_and_gradients(tuner, trainable, non_trainable, optimizer_values, batch
 
     def loss_fn(trainable_values):
         with keras.StatelessScope(state_mapping=_mapping(tuner.trainable_variables, trainable_values) + frozen):
-            loss = tuner.noise_loss(noisy, timesteps, noise, tokens)
+            objective, loss = tuner.objective(noisy, timesteps, noise, tokens)
         with keras.StatelessScope(state_mapping=_mapping(tuner.optimizer.variables, optimizer_values)):
-            scaled = tuner.optimizer.scale_loss(loss)
+            scaled = tuner.optimizer.scale_loss(objective)
         return scaled, loss
 
     return jax.value_and_grad(loss_fn, has_aux=True)(trainable)

@@ -15,8 +15,8 @@ def train_step(tuner, data):
     first_row = replica * tf.shape(batch)[0]  # this replica's rows of the global batch
     noisy, timesteps, noise, tokens = tuner.sample_inputs(batch, tuner.step_counter, first_row)
     with tf.GradientTape() as tape:
-        loss = tuner.noise_loss(noisy, timesteps, noise, tokens)
-        scaled = tuner.optimizer.scale_loss(loss)
+        objective, loss = tuner.objective(noisy, timesteps, noise, tokens)
+        scaled = tuner.optimizer.scale_loss(objective)
     gradient = tape.gradient(scaled, tuner.learned_vectors)
     if isinstance(gradient, tf.IndexedSlices):
         gradient = tf.convert_to_tensor(gradient)  # [num_vectors, D]: small
@@ -36,8 +36,8 @@ def loss_and_gradient(tuner, batch, step: int) -> tuple[float, np.ndarray]:
     """The loss of `batch` at update `step` and its gradient for the learned vectors (no update)."""
     noisy, timesteps, noise, tokens = tuner.sample_inputs(batch, step)
     with tf.GradientTape() as tape:
-        loss = tuner.noise_loss(noisy, timesteps, noise, tokens)
-    gradient = tape.gradient(loss, tuner.learned_vectors)
+        objective, loss = tuner.objective(noisy, timesteps, noise, tokens)
+    gradient = tape.gradient(objective, tuner.learned_vectors)
     return float(loss), tf.convert_to_tensor(gradient).numpy().astype("float32")
 
 
