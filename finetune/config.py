@@ -103,6 +103,9 @@ class ModelConfig:
 class DataConfig:
     concept_dir: str = DEFAULT_CONCEPT
     templates: str = "object"  # object | style | path to a file with one template per line
+    # Words naming what every image shows besides the concept ("on a white background"), put after the
+    # placeholder in every caption so the token does not absorb them (editability; docs/quality.md). null: none.
+    context: Optional[str] = None
     resolution: int = 64
     crop: str = "center"  # center | random_resized
     flip: bool = True
@@ -120,7 +123,7 @@ class TokenConfig:
     truncate_long_prompts: bool = False
     # Editability (finetune/training/editability.py): each vector held at a fixed norm: null (free) |
     # vocabulary (the vocabulary's mean norm) | initializer (its start norm) | a number. docs/quality.md measures them.
-    norm: Optional[str] = None
+    norm: Optional[str] = "vocabulary"
 
 
 @dataclass

@@ -52,11 +52,14 @@ class QualityRow:
 
 # Training methods compared by `scripts/quality.py --methods all`: row name -> Hydra overrides of the train config.
 METHODS: dict[str, tuple[str, ...]] = {
-    "free norm (before 2026-11-27)": ("token.norm=null", "trainer.l2_to_initializer=0"),
-    "norm = vocabulary mean": ("token.norm=vocabulary", "trainer.l2_to_initializer=0"),
-    "norm = initializer's": ("token.norm=initializer", "trainer.l2_to_initializer=0"),
-    "L2 to initializer 0.1": ("token.norm=null", "trainer.l2_to_initializer=0.1"),
-    "L2 to initializer 1": ("token.norm=null", "trainer.l2_to_initializer=1"),
+    "free norm (before 2026-11-27)": ("token.norm=null",),
+    "norm = vocabulary mean (default)": ("token.norm=vocabulary",),
+    "norm = initializer's": ("token.norm=initializer",),
+    "L2 to initializer 0.001": ("token.norm=null", "trainer.l2_to_initializer=0.001"),
+    "L2 to initializer 0.01": ("token.norm=null", "trainer.l2_to_initializer=0.01"),
+    "context in captions": ("token.norm=null", "data.context='large, in the center, on a white background'"),
+    "context in captions + norm": ("token.norm=vocabulary",
+                                   "data.context='large, in the center, on a white background'"),
 }
 
 

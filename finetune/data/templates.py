@@ -167,6 +167,19 @@ def read_sidecar(image_path: str | os.PathLike) -> str | None:
     return text or None
 
 
+def with_context(templates: list[str], context: str | None) -> list[str]:
+    """Every template with `context` (words naming what every image shows besides the concept: "on a
+    white background") right after the placeholder, as a sidecar does for one image: "a photo of a {}"
+    -> "a photo of a {} on a white background". The words take the context, so the token need not."""
+    if context is None or not context.strip():
+        return list(templates)
+    context = " ".join(context.split())
+    if "{" in context or "}" in context:
+        raise ConfigError(f"data.context={context!r} must not contain braces: write the words that every image "
+                          "shows besides the concept, e.g. 'on a white background'")
+    return [t.replace("{}", "{} " + context, 1) for t in templates]
+
+
 def make_caption(template: str, placeholder: str, context: str | None = None) -> str:
     """The caption of one (template, image) pair; see the module docstring for the rule."""
     subject = f"{placeholder} {context}" if context else placeholder

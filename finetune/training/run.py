@@ -24,7 +24,7 @@ from finetune.assembly import (
 )
 from finetune.backends import compiled_call, enable_determinism
 from finetune.data.pipeline import load_concept, training_dataset
-from finetune.data.templates import load_templates
+from finetune.data.templates import load_templates, with_context
 from finetune.errors import ConfigError
 from finetune.evaluation.grid import make_grid, save_png_atomic
 from finetune.evaluation.stage import render_eval_prompts, sampler_settings, score_rendered
@@ -91,7 +91,8 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
                                                 preset.text_encoder.max_length, cfg.token.truncate_long_prompts)
     init_ids = initializer_ids(tokenizer, cfg.token.initializer)
     examples = load_concept(
-        cfg.data.concept_dir, cfg.token.placeholder, load_templates(cfg.data.templates), cfg.data.resolution,
+        cfg.data.concept_dir, cfg.token.placeholder, with_context(load_templates(cfg.data.templates), cfg.data.context),
+        cfg.data.resolution,
         crop=cfg.data.crop, flip=cfg.data.flip, crops_per_image=cfg.data.crops_per_image, repeats=cfg.data.repeats,
         seed=cfg.seed, data_dir=cfg.data.data_dir or run_dir / "tfds",
     )
