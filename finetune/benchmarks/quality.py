@@ -31,7 +31,6 @@ from finetune.sampling.renderer import PromptRenderer, expand_prompt
 CONCEPT_PROMPT = "a photo of {}"
 # What the concept's photos show but the concept does not own: each of these attributes' other values is an edit.
 CONTEXT_ATTRIBUTES = ("background", "size", "position")
-ROWS = ("random token", "initializer token", "learned token", "oracle prompt")
 
 
 @dataclass
