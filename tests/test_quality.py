@@ -85,8 +85,9 @@ def test_oracle_prompts_name_every_nameable_attribute_and_each_edit():
 
     concept, edits = oracle_prompts(ATTRIBUTES, ["pattern"])
     assert concept == "a photo of a large red heart in the center on a white background"
-    assert edits == ["a large red heart in the center on a green background",
-                     "a small red heart in the center on a white background"]
+    assert edits == [f"a large red heart in the center on a {color} background" for color in ("gray", "blue", "green", "yellow")] + [
+        "a small red heart in the center on a white background", "a large red heart on the left on a white background",
+        "a large red heart on the right on a white background"]
 
 
 def test_training_on_the_bundled_concept_lowers_the_loss_and_raises_the_attribute_score(tmp_path):
