@@ -46,7 +46,7 @@ def test_l2_penalty_value(rng):
 
 # One short run per option at a high rate (the free norm moves far more than 1e-4 in it), two vectors.
 SHORT = (*FAST, "token.num_vectors=2", "token.initializer='red heart'", "trainer.max_steps=8",
-         "trainer.learning_rate=0.05", "trainer.lr_schedule=constant")
+         "trainer.learning_rate=0.05", "trainer.lr_schedule=constant", "token.norm=null")
 
 
 @pytest.fixture(scope="module")

@@ -43,9 +43,8 @@ def build_tuner(cfg, source: ModelSource, moments: np.ndarray, caption_tokens: n
         norms = target_norms(cfg.token.norm, initial_vectors, keras.ops.convert_to_numpy(embedding.table))
         if norms is not None:  # on the sphere from the start, and after every update (the optimizer applies it)
             embedding.learned_vectors.constraint = FixedNorm(norms)
-            embedding.set_learned_vectors(project(initial_vectors, norms))
-        else:
-            embedding.set_learned_vectors(initial_vectors)
+            initial_vectors = project(initial_vectors, norms)
+        embedding.set_learned_vectors(initial_vectors)
         unet = load_component(source, "unet")
         unet.gradient_checkpointing = cfg.trainer.gradient_checkpointing
         tuner = StableDiffusionFineTuner(
