@@ -46,11 +46,11 @@ def validation_rows(seed: int, num_variants: int, num_captions: int, size: int) 
     return rows
 
 
-class _LossOf(keras.Model):
+class NoiseLossModel(keras.Model):
     """The trainer's noise loss as a model of (noisy, timesteps, noise, tokens), for `compiled_call`."""
 
     def __init__(self, tuner):
-        super().__init__()
+        super().__init__(name="validation_loss")
         self.text_encoder, self.unet = tuner.text_encoder, tuner.unet
         self._loss = tuner.noise_loss
         self.built = True
@@ -70,7 +70,7 @@ class ValidationLoss:
         self.rows = validation_rows(seed, num_variants, num_captions, batch_size)
         inputs = tuner.sample_inputs(self.rows, VALIDATION_STEP, seed=validation_seed(seed))
         self.inputs = tuple(keras.ops.convert_to_numpy(x) for x in inputs)
-        self._call = compiled_call(_LossOf(tuner))
+        self._call = compiled_call(NoiseLossModel(tuner))
 
     def __call__(self) -> float:
         self.tuner.sync_variables()  # a JAX fit keeps the newest vectors in its own state
