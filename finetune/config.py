@@ -161,7 +161,7 @@ class TrainerConfig:
     early_stopping: bool = False
     early_stopping_window: int = 10  # validation losses (x trainer.validation.every steps)
     early_stopping_threshold: float = 0.39
-    early_stopping_patience: int = 1
+    early_stopping_patience: int = 3
 
 
 @dataclass

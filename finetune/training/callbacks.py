@@ -146,8 +146,11 @@ class Monitor(_UpdateCallback):
         self.steps.append(step)
 
     def on_update(self, step, logs):
-        if self.every <= 0 or step % self.every:
-            return
+        if self.every > 0 and step % self.every == 0:
+            self.measure_at(step)
+
+    def measure_at(self, step: int) -> None:
+        """Measure now (also outside a fit: the final step of a run that stopped between two measurements)."""
         started = time.perf_counter()
         values = self.measure(step)
         self.seconds += time.perf_counter() - started
@@ -158,7 +161,7 @@ class Monitor(_UpdateCallback):
         if self.best is not None:
             named = {f"{self.prefix}_{k}" if self.prefix == "validation" else k: v for k, v in values.items()}
             self.best.offer(step, named, self.vectors)
-        if self.stop is not None and self.stop(self) and self.model is not None:
+        if self.stop is not None and self.stop(self) and getattr(self, "model", None) is not None:
             self.stop_step = step
             self.model.stop_training = True
 

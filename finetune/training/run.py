@@ -254,6 +254,9 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     train_seconds = time.perf_counter() - train_started
     final_step = history.steps[-1] if history.steps else start_step
     stopped_early = validation.stop_step is not None
+    for monitor in (validation, scoring):  # the final vectors are always measured (a stop falls between two)
+        if monitor.every > 0 and final_step > start_step and final_step not in monitor.steps:
+            monitor.measure_at(final_step)
 
     final = vectors()
     if not np.all(np.isfinite(final)):
