@@ -255,7 +255,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     final_step = history.steps[-1] if history.steps else start_step
     stopped_early = validation.stop_step is not None
     for monitor in (validation, scoring):  # the final vectors are always measured (a stop falls between two)
-        if monitor.every > 0 and final_step > start_step and final_step not in monitor.steps:
+        if monitor.every > 0 and final_step > 0 and final_step not in monitor.steps:  # resumed at the end too
             monitor.measure_at(final_step)
 
     final = vectors()
