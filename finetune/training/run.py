@@ -201,7 +201,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
 
     # What the run watches: the validation loss (and DVAR early stopping on it), quality scores, the best vectors.
     t = cfg.trainer
-    validation_loss = (ValidationLoss(tuner, cfg.seed, len(examples.images), len(examples.captions),
+    validation_loss = (ValidationLoss(tuner, cfg.seed, len(moments), len(caption_tokens),
                                       t.validation.batch_size) if t.validation.every > 0 else None)
 
     def validate(step: int) -> dict:
@@ -251,12 +251,12 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         dataset = training_dataset(examples, cfg.trainer.batch_size, cfg.seed).skip(start_micro)
         with strategy.scope():
             tuner.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=callbacks, verbose=0, shuffle=False)
-    train_seconds = time.perf_counter() - train_started
     final_step = history.steps[-1] if history.steps else start_step
     stopped_early = validation.stop_step is not None
     for monitor in (validation, scoring):  # the final vectors are always measured (a stop falls between two)
         if monitor.every > 0 and final_step > 0 and final_step not in monitor.steps:  # resumed at the end too
             monitor.measure_at(final_step)
+    train_seconds = time.perf_counter() - train_started
 
     final = vectors()
     if not np.all(np.isfinite(final)):
