@@ -183,7 +183,7 @@ class EvalConfig:
     reference_dir: Optional[str] = None
     # Quality during training: every `score_every` steps render `score_images` seeds (eval.seed, ...) of each
     # eval prompt and score them (CLIP-I, CLIP-T; toy world: attribute and edit scores). 0: never.
-    score_every: int = 200
+    score_every: int = 0
     score_images: int = 2
     # What learned_embeds-best.safetensors (and W&B's alias `best`) follows: validation_loss (lowest) or a
     # score (highest): clip_i | clip_t | attribute_score | edit_score.
