@@ -104,14 +104,14 @@ def test_train_from_an_empty_folder_writes_every_output(installed):
                 "learned_embeds-steps-20.safetensors", "export/a1111_safetensors/red-checkered-heart.safetensors",
                 "export/kohya/red-checkered-heart.safetensors", "samples/grid.png",
                 "samples/previews/step-000010.png", "samples/previews/step-000020.png", "metrics.json", "loss.png",
-                "embedding_norm.png", "scores.png", "progress.png", "report.html", "train.log", ".hydra/config.yaml"):
+                "embedding_norm.png", "progress.png", "report.html", "train.log", ".hydra/config.yaml"):
         assert (run / rel).is_file(), rel
     assert len(list((run / "samples").glob("0*-seed*.png"))) == 3 * 4  # 3 prompts x 4 images
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000010", "step-000020"]
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 20 and metrics["quality"]["all"]["clip_i"] > 0 and metrics["stop_reason"] == "max_steps"
-    assert metrics["validation_history"]["step"] == [10, 20] and metrics["score_history"]["step"] == [20]
+    assert metrics["validation_history"]["step"] == [10, 20] and metrics["score_history"] == {"step": []}
     # The bundled concept from the installed package, the default placeholder from its folder's name.
     assert f"dataset of {bin_dir.parent}/lib/" in (run / "train.log").read_text()
     assert "site-packages/finetune/assets/concepts/red-checkered-heart" in (run / "train.log").read_text()
