@@ -47,10 +47,12 @@ def validation_rows(seed: int, num_variants: int, num_captions: int, size: int) 
 
 
 class NoiseLossModel(keras.Model):
-    """The trainer's noise loss as a model of (noisy, timesteps, noise, tokens), for `compiled_call`."""
+    """The trainer's noise loss as a model of (noisy, timesteps, noise, tokens), for `compiled_call`.
+    float32 itself, so that Keras does not cast the noise to a mixed precision's compute dtype (the
+    text encoder and UNet inside keep theirs, as in the training step)."""
 
     def __init__(self, tuner):
-        super().__init__(name="validation_loss")
+        super().__init__(name="validation_loss", dtype="float32")
         self.text_encoder, self.unet = tuner.text_encoder, tuner.unet
         self._loss = tuner.noise_loss
         self.built = True
