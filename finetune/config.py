@@ -127,6 +127,15 @@ class TokenConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """The validation loss: the training loss on one fixed batch (views, captions, noise and timesteps
+    drawn from `seed` once, the same on resume), evaluated without touching the training draws."""
+
+    every: int = 10  # steps between evaluations (0: never; early stopping needs it)
+    batch_size: int = 8  # rows of the fixed batch (the views cycle when there are fewer)
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 400  # optimizer updates
     batch_size: int = 4
@@ -152,6 +161,15 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     # Editability: weight of the penalty mean ||v - v_start||^2 added to the loss (0: none; docs/quality.md).
     l2_to_initializer: float = 0.0
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    # Stop when the validation loss stops moving (DVAR, Voronov et al., NeurIPS 2023): the variance of the
+    # last `early_stopping_window` validation losses over the variance of all of them falls below
+    # `early_stopping_threshold` at `early_stopping_patience` evaluations in a row. The paper evaluates every
+    # step with window 282 and threshold 0.39 (docs/quality.md: what suits this project's runs).
+    early_stopping: bool = False
+    early_stopping_window: int = 10  # validation losses (x trainer.validation.every steps)
+    early_stopping_threshold: float = 0.39
+    early_stopping_patience: int = 3
 
 
 @dataclass
@@ -171,6 +189,13 @@ class EvalConfig:
     # Concept images that CLIP-I compares with (training: null = data.concept_dir; a concept.json there
     # with toyworld_attributes adds the attribute score).
     reference_dir: Optional[str] = None
+    # Quality during training: every `score_every` steps render `score_images` seeds (eval.seed, ...) of each
+    # eval prompt and score them (CLIP-I, CLIP-T; toy world: attribute and edit scores). 0: never.
+    score_every: int = 0
+    score_images: int = 2
+    # What learned_embeds-best.safetensors (and W&B's alias `best`) follows: validation_loss (lowest) or a
+    # score (highest): clip_i | clip_t | attribute_score | edit_score.
+    best_by: str = "validation_loss"
 
 
 @dataclass

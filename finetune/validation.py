@@ -39,12 +39,19 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "trainer.keep_checkpoints": (0, 1_000_000, True, True),
     "trainer.encode_batch_size": (1, 4096, True, True),
     "trainer.l2_to_initializer": (0, INF, True, False),
+    "trainer.validation.every": (0, 10_000_000, True, True),
+    "trainer.validation.batch_size": (1, 4096, True, True),
+    "trainer.early_stopping_window": (2, 1_000_000, True, True),
+    "trainer.early_stopping_threshold": (0, 1, False, True),
+    "trainer.early_stopping_patience": (1, 1_000_000, True, True),
     "eval.images_per_prompt": (1, 1000, True, True),
     "eval.num_steps": (1, 1000, True, True),
     "eval.guidance_scale": (0, 100, True, True),
     "eval.eta": (0, 1, True, True),
     "eval.seed": (0, 2**31 - 1, True, True),
     "eval.preview_every": (0, 10_000_000, True, True),
+    "eval.score_every": (0, 10_000_000, True, True),
+    "eval.score_images": (1, 1000, True, True),
     "logger.log_every": (1, 10_000_000, True, True),
     "logger.init_timeout": (0, 3600, False, True),
     "resolution": (8, 4096, True, True),  # evaluate
@@ -57,6 +64,7 @@ CHOICES: dict[str, tuple] = {
     "trainer.strategy": ("default", "mirrored", "multi_worker_mirrored"),
     "logger.name": ("none", "wandb", "tensorboard"),
     "logger.mode": ("online", "offline", "disabled"),
+    "eval.best_by": ("validation_loss", "clip_i", "clip_t", "attribute_score", "edit_score"),
 }
 PROMPT_OPT_OUT = "eval.require_placeholder"
 NORM_TARGETS = ("vocabulary", "initializer")  # token.norm: one of these, a positive number, or null (free)
@@ -151,6 +159,21 @@ def validate_train_config(cfg) -> None:
     if cfg.trainer.resume not in (None, "auto") and not str(cfg.trainer.resume).strip():
         raise ConfigError("trainer.resume='' must be null, auto or a path")
     check_prompts(cfg.eval.prompts, cfg.eval.require_placeholder)
+    check_monitoring(cfg)
+
+
+def check_monitoring(cfg) -> None:
+    """Early stopping and the best checkpoint need what they follow to be computed during the run."""
+    t, e = cfg.trainer, cfg.eval
+    if t.early_stopping and t.validation.every <= 0:
+        raise ConfigError("trainer.early_stopping=true follows the validation loss, but trainer.validation.every=0 "
+                          "never computes it; set trainer.validation.every to a positive number of steps")
+    if e.best_by == "validation_loss" and t.validation.every <= 0:
+        return  # no best checkpoint: nothing to follow (the default when validation is off)
+    if e.best_by != "validation_loss" and (e.score_every <= 0 or not e.enabled or not e.prompts):
+        raise ConfigError(f"eval.best_by={e.best_by} follows a score computed during training, but "
+                          f"eval.score_every={e.score_every}, eval.enabled={e.enabled}, {len(e.prompts)} eval prompts; "
+                          "set eval.score_every > 0 with eval.enabled=true, or eval.best_by=validation_loss")
 
 
 def validate_evaluate_config(cfg) -> None:

@@ -4,6 +4,7 @@ OUT_DIR/result.json and OUT_DIR/*.npy:
 
     step       the first step's loss and gradient for one fixed batch (no update)
     train      20 steps of the tiny model, twice (a, b), and a kill after step 10's checkpoint + resume
+               (learned vectors, and the validation loss every 5 steps: result.json)
     frozen     weight digests of the text encoder and UNet before / after a few steps
     render     a 25-step DDIM render with guidance of two prompts (float images in [-1, 1])
     modules    the TensorFlow modules imported after building the trainer and renderer (before any data stage)
@@ -24,7 +25,7 @@ CONCEPT = ROOT / "finetune" / "assets" / "concepts" / "red-checkered-heart"
 FAST = ["model=tiny", f"data.concept_dir={CONCEPT}", "trainer.batch_size=2", "eval.enabled=false",
         "trainer.checkpoint_every=0"]
 TRAIN = [*FAST, "trainer.max_steps=20", "trainer.checkpoint_every=10", "trainer.lr_schedule=cosine",
-         "trainer.weight_decay=0.01", "trainer.learning_rate=0.02"]
+         "trainer.weight_decay=0.01", "trainer.learning_rate=0.02", "trainer.validation.every=5"]
 
 
 def digests(model) -> dict[str, str]:
@@ -81,14 +82,16 @@ def train_runs(out: Path, result: dict) -> None:
             if batch + 1 == 15:  # after step 10's checkpoint, before step 20's
                 raise KeyboardInterrupt
 
+    validation = {}
     for name in ("a", "b"):
-        train(compose_config("train", TRAIN), out / name)
+        validation[name] = train(compose_config("train", TRAIN), out / name)["validation_history"]
     try:
         train(compose_config("train", TRAIN), out / "runs" / "first", extra_callbacks=[Kill()])
     except KeyboardInterrupt:
         pass
     metrics = train(compose_config("train", [*TRAIN, "trainer.resume=auto"]), out / "runs" / "second")
-    result["train"] = {"resumed_from_step": metrics["resumed_from_step"]}
+    validation["resumed"] = metrics["validation_history"]
+    result["train"] = {"resumed_from_step": metrics["resumed_from_step"], "validation": validation}
     for name, folder in (("a", out / "a"), ("b", out / "b"), ("resumed", out / "runs" / "second")):
         _, vectors, _ = load_diffusers_embedding(folder / "learned_embeds.safetensors")
         np.save(out / f"vectors-{name}.npy", vectors)

@@ -23,7 +23,7 @@ RUN = (
     "trainer.max_steps=4", "trainer.checkpoint_every=2", "data.crops_per_image=1", "export.formats=[diffusers,kohya]",
     "trainer.resume=auto",
 )
-TIMING_KEYS = {"train_seconds", "wall_seconds", "resumed_from_step"}
+TIMING_KEYS = {"train_seconds", "wall_seconds", "resumed_from_step", "validation_seconds", "score_seconds"}
 OUTPUTS = ("learned_embeds.safetensors", "learned_embeds-steps-2.safetensors", "learned_embeds-steps-4.safetensors",
            "export/kohya/red-checkered-heart.safetensors", "metrics.json", "loss.png", "embedding_norm.png", "report.html",
            "checkpoints/step-000002/state.safetensors", "checkpoints/step-000004/meta.json")

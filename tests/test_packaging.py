@@ -100,7 +100,7 @@ def test_train_from_an_empty_folder_writes_every_output(installed):
     run = work / "outputs" / "run"
     assert f"done: {run} (final loss" in proc.stdout
     # Every row of the README's "What a run writes" table (wandb/: the other logger, tests/test_tracking.py).
-    for rel in ("learned_embeds.safetensors", "learned_embeds-steps-10.safetensors",
+    for rel in ("learned_embeds.safetensors", "learned_embeds-best.safetensors", "learned_embeds-steps-10.safetensors",
                 "learned_embeds-steps-20.safetensors", "export/a1111_safetensors/red-checkered-heart.safetensors",
                 "export/kohya/red-checkered-heart.safetensors", "samples/grid.png",
                 "samples/previews/step-000010.png", "samples/previews/step-000020.png", "metrics.json", "loss.png",
@@ -110,7 +110,8 @@ def test_train_from_an_empty_folder_writes_every_output(installed):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000010", "step-000020"]
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == 20 and metrics["quality"]["all"]["clip_i"] > 0
+    assert metrics["steps"] == 20 and metrics["quality"]["all"]["clip_i"] > 0 and metrics["stop_reason"] == "max_steps"
+    assert metrics["validation_history"]["step"] == [10, 20] and metrics["score_history"] == {"step": []}
     # The bundled concept from the installed package, the default placeholder from its folder's name.
     assert f"dataset of {bin_dir.parent}/lib/" in (run / "train.log").read_text()
     assert "site-packages/finetune/assets/concepts/red-checkered-heart" in (run / "train.log").read_text()

@@ -16,7 +16,7 @@ from tests.conftest import needs
 from tests.tracked_runs import PREVIEW_STEPS, wandb_run
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-PICTURES = ("loss.png", "embedding_norm.png", "progress.png", "samples/grid.png")
+PICTURES = ("loss.png", "embedding_norm.png", "scores.png", "progress.png", "samples/grid.png")
 
 
 @pytest.fixture(scope="module")

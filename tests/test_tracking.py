@@ -54,6 +54,12 @@ def test_wandb_history_has_loss_lr_grad_norm_and_embedding_stats(wandb_offline):
     assert norms[4] == pytest.approx(metrics["learned_vector_norms"][0], rel=1e-5)
     cosines = run.series("embedding/cosine_to_init_0")
     assert all(-1.0 <= c <= 1.0 for c in cosines.values()) and cosines[4] < 1.0  # the vector moved
+    validation, scores = metrics["validation_history"], metrics["score_history"]
+    assert run.series("validation/loss") == pytest.approx(dict(zip(validation["step"], validation["loss"])))
+    assert validation["step"] == scores["step"] == [2, 4]
+    # tiny_random: no judge; the toy world's checker scores "a photo of {}" (no edit prompt here)
+    assert run.series("score/attribute_score") == pytest.approx(dict(zip(scores["step"], scores["attribute_score"])))
+    assert set(scores) == {"step", "attribute_score"}
 
 
 def test_wandb_media_holds_the_previews(wandb_offline):
@@ -90,9 +96,13 @@ def _md5(path) -> str:
 
 def test_wandb_artifacts_hold_the_embedding_files(wandb_offline):
     run_dir, _, run = wandb_offline
-    artifacts = run.model_artifacts()
+    everything = run.model_artifacts()
+    best = [a for a in everything if "best" in a.aliases]  # learned_embeds-best.safetensors as it improved
+    artifacts = [a for a in everything if "best" not in a.aliases]
+    assert all(sorted(a.aliases) == ["best", "latest"] for a in best)  # W&B adds latest to every version
     assert [sorted(a.aliases) for a in artifacts] == [
         ["latest", "step-2"], ["latest", "step-4"], ["final", "latest", "step-4"]]
+    assert best and best[-1].manifest.contents[0].digest == _md5(run_dir / "learned_embeds-best.safetensors")
     snapshots = [run_dir / "learned_embeds-steps-2.safetensors", run_dir / "learned_embeds-steps-4.safetensors"]
     for artifact, path in zip(artifacts, snapshots):
         (entry,) = artifact.manifest.contents

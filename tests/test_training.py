@@ -79,12 +79,20 @@ def test_sd_v1_two_steps_at_128px(rng, tmp_path):
 
 
 def test_same_config_twice_gives_identical_vectors(tmp_path):
-    cfg = compose_train(*FAST, "trainer.max_steps=4", "trainer.lr_schedule=cosine", "trainer.warmup_steps=1")
-    train(cfg, tmp_path / "a")
-    train(cfg, tmp_path / "b")
+    cfg = compose_train(*FAST, "trainer.max_steps=4", "trainer.lr_schedule=cosine", "trainer.warmup_steps=1",
+                        "trainer.validation.every=2")
+    first = train(cfg, tmp_path / "a")
+    second = train(cfg, tmp_path / "b")
     _, a, meta = load_diffusers_embedding(tmp_path / "a" / "learned_embeds.safetensors")
     _, b, _ = load_diffusers_embedding(tmp_path / "b" / "learned_embeds.safetensors")
     assert a.tobytes() == b.tobytes()
+    # The validation loss: the same bits (float32 values, exact in JSON), and it moved with the vectors.
+    validation = first["validation_history"]
+    assert validation["step"] == [2, 4] and validation == second["validation_history"]
+    assert np.all(np.isfinite(validation["loss"])) and validation["loss"][0] != validation["loss"][1]
+    assert first["best"]["by"] == "validation_loss" and first["best"]["step"] in (2, 4)
+    _, best, best_meta = load_diffusers_embedding(tmp_path / "a" / "learned_embeds-best.safetensors")
+    assert best_meta["steps"] == str(first["best"]["step"]) and (first["best"]["step"] != 4 or best.tobytes() == a.tobytes())
     assert meta["steps"] == "4" and meta["preset"] == "tiny" and meta["initializer"] == "shape"
     # and a different seed learns something else
     train(compose_train(*FAST, "trainer.max_steps=4", "trainer.lr_schedule=cosine", "trainer.warmup_steps=1", "seed=1"),
@@ -108,8 +116,9 @@ class Kill(keras.callbacks.Callback):
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path, accumulation):
     overrides = (*FAST, "trainer.max_steps=6", "trainer.checkpoint_every=2", "trainer.lr_schedule=linear",
-                 f"trainer.gradient_accumulation_steps={accumulation}", "trainer.weight_decay=0.01")
-    train(compose_train(*overrides), tmp_path / "full")
+                 f"trainer.gradient_accumulation_steps={accumulation}", "trainer.weight_decay=0.01",
+                 "trainer.validation.every=1")
+    full_metrics = train(compose_train(*overrides), tmp_path / "full")
     _, full, _ = load_diffusers_embedding(tmp_path / "full" / "learned_embeds.safetensors")
 
     runs = tmp_path / "runs"
@@ -123,6 +132,28 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, accumulation):
     _, resumed, _ = load_diffusers_embedding(runs / "second" / "learned_embeds.safetensors")
     np.testing.assert_allclose(resumed, full, rtol=0, atol=1e-6)
     assert resumed.tobytes() == full.tobytes()
+    # The validation loss of every step, bitwise: steps 1-4 from the checkpoint's history, 5-6 computed again.
+    assert metrics["validation_history"]["step"] == [1, 2, 3, 4, 5, 6]
+    assert metrics["validation_history"] == full_metrics["validation_history"]
+    assert metrics["best"] == full_metrics["best"]
+
+
+def test_early_stopping_stops_the_run_and_writes_every_output(tmp_path):
+    from finetune.training.validation import should_stop
+
+    cfg = compose_train(*FAST, "trainer.max_steps=30", "trainer.validation.every=1", "trainer.early_stopping=true",
+                        "trainer.early_stopping_window=4", "trainer.early_stopping_patience=2",
+                        "export.formats=[diffusers,kohya]")
+    metrics = train(cfg, tmp_path / "run")
+    losses = metrics["validation_history"]["loss"]
+    # It stops at the first step where the criterion, as a plain function of the losses, says so.
+    first = next(n for n in range(1, 31) if should_stop(losses[:n], 4, 0.39, 2))
+    assert metrics["stop_reason"] == "early_stopping" and metrics["steps"] == first < 30
+    assert metrics["loss_history"]["step"][-1] == first and len(losses) == first
+    _, vectors, meta = load_diffusers_embedding(tmp_path / "run" / "learned_embeds.safetensors")
+    assert meta["steps"] == str(first)
+    assert (tmp_path / "run" / "export" / "kohya").is_dir() and (tmp_path / "run" / "report.html").is_file()
+    assert metrics["max_steps"] == 30
 
 
 def test_resume_auto_ignores_checkpoints_of_other_configs(tmp_path):

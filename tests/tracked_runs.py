@@ -15,11 +15,12 @@ from omegaconf import OmegaConf
 from tests.conftest import FAST, compose_train
 
 # FAST on the tiny preset with random weights (plumbing: no weight files needed); 4 steps,
-# an embedding snapshot and a preview every 2, 2-step sampling of one prompt, every step logged.
+# an embedding snapshot, a preview, the validation loss and the scores every 2, 2-step sampling of one
+# prompt, every step logged.
 TRACKED = tuple(o for o in FAST if not o.startswith("model=")) + (
     "model=tiny_random", "trainer.max_steps=4", "trainer.checkpoint_every=2", "eval.enabled=true",
     "eval.preview_every=2", "eval.num_steps=2", "eval.images_per_prompt=1", "eval.prompts=['a photo of {}']",
-    "logger.log_every=1",
+    "logger.log_every=1", "trainer.validation.every=2", "eval.score_every=2", "eval.score_images=1",
 )
 PREVIEW_STEPS = [2, 4]
 # Every safetensors format (a1111_pt needs torch, an optional extra): the W&B run's final artifact holds them all.

@@ -7,6 +7,7 @@ every generated image is also measured by the toy world's checker.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,22 @@ def read_concept(concept_dir: str | Path | None) -> dict | None:
 def concept_attributes(concept_dir: str | Path | None) -> dict | None:
     """The toy-world attributes in `concept_dir/concept.json`, or None (no file, or not a toy-world concept)."""
     return (read_concept(concept_dir) or {}).get("toyworld_attributes")
+
+
+def requested_attributes(text: str) -> dict[str, str]:
+    """The toy-world attribute values a prompt names: "on a green background" -> {"background": "green"},
+    "a small red shape" -> {"size": "small", "color": "red"}; {} for "a photo of". A color word right
+    before "background" names the background."""
+    from finetune.toyworld.attributes import ATTRIBUTES, nameable_values
+
+    words = re.findall(r"[a-z]+", text.lower())
+    out = {}
+    for i, word in enumerate(words):
+        before_background = i + 1 < len(words) and words[i + 1] == "background"
+        for attribute in ATTRIBUTES:
+            if (attribute == "background") == before_background and word in nameable_values(attribute):
+                out[attribute] = word
+    return out
 
 
 def measure_images(images: np.ndarray) -> list[dict]:

@@ -1,6 +1,6 @@
 """What a user sees in a run's folder: pictures of the training and report.html.
 
-    plots.py     loss.png, embedding_norm.png (matplotlib)
+    plots.py     loss.png, embedding_norm.png, scores.png (matplotlib)
     progress.py  progress.png: the preview prompt across training steps
     report.py    report.html: config, metrics, plots, progress strip, samples in one file
 """
@@ -15,14 +15,14 @@ from omegaconf import OmegaConf
 from finetune.errors import FinetuneError
 from finetune.evaluation.grid import save_png_atomic
 from finetune.sampling.renderer import expand_prompt
-from finetune.reporting.plots import plot_embedding, plot_loss
+from finetune.reporting.plots import plot_embedding, plot_loss, plot_scores
 from finetune.reporting.progress import progress_strip
 from finetune.reporting.report import write_report
 from finetune.runs import read_overrides
 
 log = logging.getLogger(__name__)
 
-LISTED_FILES = ("learned_embeds.safetensors", "learned_embeds-steps-*.safetensors", "export/*/*", "metrics.json",
+LISTED_FILES = ("learned_embeds.safetensors", "learned_embeds-best.safetensors", "learned_embeds-steps-*.safetensors", "export/*/*", "metrics.json",
                 "train.log", "samples/*.png", "checkpoints", "tensorboard", "wandb")
 
 
@@ -34,12 +34,16 @@ def preview_title(cfg) -> str | None:
 
 
 def write_pictures(run_dir: Path, metrics: dict, cfg) -> dict[str, Path]:
-    """loss.png, embedding_norm.png and progress.png; returns them and the samples grid by name."""
+    """loss.png, embedding_norm.png, scores.png and progress.png; returns them and the samples grid by name."""
     pictures = {}
     if metrics["loss_history"]["step"]:
-        pictures["loss"] = plot_loss(metrics["loss_history"], run_dir / "loss.png")
+        stop_step = metrics["steps"] if metrics.get("stop_reason") == "early_stopping" else None
+        pictures["loss"] = plot_loss(metrics["loss_history"], run_dir / "loss.png", metrics.get("validation_history"),
+                                     stop_step)
         pictures["embedding_norm"] = plot_embedding(metrics["embedding_history"], run_dir / "embedding_norm.png",
                                                     metrics.get("vocabulary_mean_norm"))
+    if (metrics.get("score_history") or {}).get("step"):
+        pictures["scores"] = plot_scores(metrics["score_history"], run_dir / "scores.png", metrics.get("best"))
     title = preview_title(cfg)
     strip = progress_strip(run_dir / "samples" / "previews", title) if title else None
     if strip is not None:

@@ -1,5 +1,6 @@
-"""The run's training plots: loss.png (raw + smoothed loss, learning rate) and embedding_norm.png
-(each learned vector's norm and its cosine similarity to where it started)."""
+"""The run's training plots: loss.png (raw + smoothed loss, the validation loss, learning rate),
+embedding_norm.png (each learned vector's norm and its cosine similarity to where it started) and
+scores.png (the quality scores measured during training, the best step marked)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from finetune.io import atomic_write
 DPI = 110
 FIGSIZE = (8.0, 6.0)
 RAW_COLOR, SMOOTH_COLOR, LR_COLOR, REFERENCE_COLOR = "#9db8d9", "#1f4e96", "#c26a00", "#777777"
+VALIDATION_COLOR, STOP_COLOR = "#b3261e", "#2e7d32"
 
 
 def smooth(values, span: int | None = None) -> np.ndarray:
@@ -53,15 +55,33 @@ def _save(fig: Figure, path: Path) -> Path:
     return Path(path)
 
 
-def plot_loss(history: dict, path: str | Path) -> Path:
-    """`history`: metrics.json's loss_history ({"step", "loss", "lr", ...})."""
+def _numbers(values) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in values], np.float64)
+
+
+def plot_loss(history: dict, path: str | Path, validation: dict | None = None, stop_step: int | None = None) -> Path:
+    """`history`: metrics.json's loss_history ({"step", "loss", "lr", ...}); `validation`: its
+    validation_history ({"step", "loss"}), drawn on the same axes; `stop_step`: where early stopping stopped."""
     steps, loss, lr = history["step"], history["loss"], history["lr"]
     fig, (top, bottom) = _figure("Training loss")
     marker = _marker(len(steps))
     top.plot(steps, loss, color=RAW_COLOR, linewidth=1, marker=marker, markersize=3, label="loss (each step)")
     top.plot(steps, smooth(loss), color=SMOOTH_COLOR, linewidth=2, label="smoothed")
+    handles = []
+    if validation and validation.get("step"):  # its own scale (right): far smoother and smaller than a step's loss
+        right = top.twinx()
+        handles += right.plot(validation["step"], _numbers(validation["loss"]), color=VALIDATION_COLOR, linewidth=2,
+                              marker=_marker(len(validation["step"])), markersize=3,
+                              label="validation loss (fixed batch, right axis)")
+        right.set_ylabel("validation MSE", color=VALIDATION_COLOR)
+        right.tick_params(axis="y", colors=VALIDATION_COLOR)
+    if stop_step is not None:
+        for ax in (top, bottom):
+            ax.axvline(stop_step, color=STOP_COLOR, linestyle="--", linewidth=1.2)
+        handles += top.plot([], [], color=STOP_COLOR, linestyle="--", label=f"early stopping (step {stop_step})")
     top.set_ylabel("noise-prediction MSE")
-    top.legend(loc="upper right")
+    own = [line for line in top.get_lines() if not line.get_label().startswith("_")]
+    top.legend(handles=list(dict.fromkeys(own + handles)), loc="upper right")
     bottom.plot(steps, lr, color=LR_COLOR, linewidth=2, marker=marker, markersize=3)
     bottom.set_ylabel("learning rate")
     bottom.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
@@ -85,4 +105,25 @@ def plot_embedding(history: dict, path: str | Path, vocabulary_norm: float | Non
     top.legend(loc="best")
     bottom.set_ylabel("cosine similarity\nto the initial vector")
     bottom.set_ylim(min(-0.05, float(np.nanmin(cosines)) - 0.05) if cosines.size else -0.05, 1.05)
+    return _save(fig, path)
+
+
+def plot_scores(history: dict, path: str | Path, best: dict | None = None) -> Path:
+    """`history`: metrics.json's score_history ({"step", "<score>": [...]}); `best`: its best ({"by", "step"})."""
+    steps = history["step"]
+    fig = Figure(figsize=(FIGSIZE[0], FIGSIZE[1] * 0.6), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    fig.suptitle("Quality during training", fontsize=13)
+    ax.grid(True, alpha=0.3)
+    for name, values in history.items():
+        if name != "step":
+            ax.plot(steps, _numbers(values), linewidth=2, marker=_marker(len(steps)) or ".", markersize=4, label=name)
+    if best and best.get("step") is not None:
+        ax.axvline(best["step"], color=REFERENCE_COLOR, linestyle="--", linewidth=1.2,
+                   label=f"best by {best['by']} (step {best['step']})")
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("score")
+    ax.set_ylim(min(-0.05, float(np.nanmin([_numbers(v).min() for k, v in history.items() if k != "step"] or [0]))), 1.05)
+    ax.legend(loc="best")
     return _save(fig, path)

@@ -17,9 +17,10 @@ class Tracker:
         """`preview`: a finetune.sampling.renderer.RenderedImage (prompt, seed, uint8 image)."""
 
     def log_embedding(self, path: Path, step: int, metadata: dict[str, str], final: bool = False,
-                      exported: dict[str, Path] | None = None) -> None:
-        """An embedding file the run just wrote (a snapshot at `step`, or the final one), with the
-        same vectors in other formats (`exported`: {format: file}, finetune.export.formats)."""
+                      exported: dict[str, Path] | None = None, best: bool = False) -> None:
+        """An embedding file the run just wrote (a snapshot at `step`, the final one, or with `best` the
+        vectors of the best monitored value so far: eval.best_by), with the same vectors in other formats
+        (`exported`: {format: file}, finetune.export.formats)."""
 
     def finish(self, metrics: dict, pictures: dict[str, Path]) -> None:
         """The final metrics (metrics.json) and the run's pictures by name (e.g. "samples/grid")."""
@@ -81,8 +82,8 @@ class GuardedTracker(Tracker):
     def log_preview(self, preview, step):
         self._call("log_preview", preview, step)
 
-    def log_embedding(self, path, step, metadata, final=False, exported=None):
-        self._call("log_embedding", path, step, metadata, final, exported)
+    def log_embedding(self, path, step, metadata, final=False, exported=None, best=False):
+        self._call("log_embedding", path, step, metadata, final, exported, best)
 
     def finish(self, metrics, pictures):
         self._call("finish", metrics, pictures)

@@ -102,14 +102,15 @@ class WandbTracker(Tracker):
             self.run.log({"previews/image": self.wandb.Image(preview.image, caption=caption),
                           "previews/table": table}, step=step)
 
-    def log_embedding(self, path, step, metadata, final=False, exported=None):
+    def log_embedding(self, path, step, metadata, final=False, exported=None, best=False):
         artifact = self.wandb.Artifact(self.artifact_name, type="model",
                                        metadata={**metadata, "step": step, "formats": ["diffusers", *(exported or {})]})
         with self._staging_in_run_folder():  # add_file copies the file to the staging folder
             artifact.add_file(str(path), name=EMBEDDING_FILENAME)
             for fmt, file in (exported or {}).items():
                 artifact.add_file(str(file), name=f"export/{fmt}/{Path(file).name}")
-            self.run.log_artifact(artifact, aliases=[f"step-{step}", "latest"] + (["final"] if final else []))
+            aliases = ["best"] if best else [f"step-{step}", "latest"] + (["final"] if final else [])
+            self.run.log_artifact(artifact, aliases=aliases)
 
     def finish(self, metrics, pictures):
         scalars = final_scalars(metrics)

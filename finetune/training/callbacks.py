@@ -6,6 +6,7 @@ Keras batches (micro-steps), and each callback converts.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import keras
@@ -117,6 +118,65 @@ class Every(_UpdateCallback):
     def on_update(self, step, logs):
         if self.every > 0 and step % self.every == 0:
             self.fn(step)
+
+
+class Monitor(_UpdateCallback):
+    """Every `every` updates: `measure(step)` -> {name: value}; keeps the values per step (metrics.json,
+    checkpoints), logs them to `tracker` as `<prefix>/<name>`, offers them to `best` (a
+    finetune.training.validation.BestEmbedding, or None; validation's as `validation_<name>`, scores as
+    they are) and stops the fit when `stop(history)` says so
+    (`stop_step` is then the update it stopped after). List it before the checkpoint callback: a
+    checkpoint of step N then holds the values of step N, and a resumed run continues them."""
+
+    def __init__(self, start_micro_step: int, accumulation: int, every: int, measure, tracker, prefix: str,
+                 best=None, vectors=None, stop=None):
+        super().__init__(start_micro_step, accumulation)
+        self.every, self.measure, self.tracker, self.prefix = every, measure, tracker, prefix
+        self.best, self.vectors, self.stop = best, vectors, stop
+        self.steps: list[int] = []
+        self.values: dict[str, list] = {}
+        self.stop_step: int | None = None
+        self.seconds = 0.0  # spent measuring, this process (metrics.json: what watching the run cost)
+
+    def record(self, step: int, values: dict) -> None:
+        for name in values.keys() - self.values.keys():  # a value first seen now: None at the earlier steps
+            self.values[name] = [None] * len(self.steps)
+        for name, column in self.values.items():
+            column.append(values.get(name))
+        self.steps.append(step)
+
+    def on_update(self, step, logs):
+        if self.every > 0 and step % self.every == 0:
+            self.measure_at(step)
+
+    def measure_at(self, step: int) -> None:
+        """Measure now (also outside a fit: the final step of a run that stopped between two measurements)."""
+        started = time.perf_counter()
+        values = self.measure(step)
+        self.seconds += time.perf_counter() - started
+        if values is None:
+            return
+        self.record(step, values)
+        self.tracker.log_scalars({f"{self.prefix}/{k}": v for k, v in values.items() if v is not None}, step)
+        if self.best is not None:
+            named = {f"{self.prefix}_{k}" if self.prefix == "validation" else k: v for k, v in values.items()}
+            self.best.offer(step, named, self.vectors)
+        if self.stop is not None and self.stop(self) and getattr(self, "model", None) is not None:
+            self.stop_step = step
+            self.model.stop_training = True
+
+    def as_metrics(self) -> dict:
+        return {"step": list(self.steps), **{k: list(v) for k, v in self.values.items()}}
+
+    def restore(self, saved: dict | None) -> None:
+        """Continue a history `as_metrics()` saved; anything malformed is ignored (it then starts here)."""
+        try:
+            steps = [int(s) for s in saved["step"]]
+            values = {k: list(v) for k, v in saved.items() if k != "step"}
+        except (TypeError, KeyError, ValueError):
+            return
+        if all(len(v) == len(steps) for v in values.values()):
+            self.steps, self.values = steps, values
 
 
 class LoggerCallback(_UpdateCallback):

@@ -73,9 +73,11 @@ class StableDiffusionFineTuner(keras.Model):
         self.backend_step = importlib.import_module(STEP_MODULES[backend_name()])
         self.built = True  # every variable exists (Keras would otherwise try to build by calling it)
 
-    def sample_inputs(self, batch, step, first_row=0):
+    def sample_inputs(self, batch, step, first_row=0, seed=None):
         """Noisy latents, timesteps, true noise and token ids for the rows [first_row, first_row + B) of the
-        global batch of update `step` (micro-step counter). No gradients involved."""
+        global batch of update `step` (micro-step counter). No gradients involved. `seed`: draw from
+        another seed's streams (the validation batch); default the trainer's."""
+        seed = self.seed if seed is None else int(seed)
         batch = ops.convert_to_tensor(batch)
         moments = ops.take(self.latent_moments, batch[:, VARIANT], axis=0)
         mean, logvar = ops.split(moments, 2, axis=-1)
@@ -84,10 +86,10 @@ class StableDiffusionFineTuner(keras.Model):
             rows = ops.shape(batch)[0]
 
         def draw_normal(stream):
-            return rng.normal(rng.stream_key(self.seed, stream, step), first_row, rows, row_shape)
+            return rng.normal(rng.stream_key(seed, stream, step), first_row, rows, row_shape)
 
         latents = (mean + ops.exp(0.5 * logvar) * draw_normal(STREAM_POSTERIOR)) * self.latent_scale
-        timesteps = rng.integers(rng.stream_key(self.seed, STREAM_TIMESTEP, step), first_row, rows, self.num_timesteps)
+        timesteps = rng.integers(rng.stream_key(seed, STREAM_TIMESTEP, step), first_row, rows, self.num_timesteps)
         noise = draw_normal(STREAM_NOISE)
         a = ops.take(self.sqrt_acp, timesteps, axis=0)[:, None, None, None]
         b = ops.take(self.sqrt_one_minus_acp, timesteps, axis=0)[:, None, None, None]

@@ -40,6 +40,7 @@ from finetune.training.checkpoints import (
     find_resume_checkpoint, remove_stale_temp_files, restore_checkpoint, save_checkpoint,
 )
 from finetune.training.distribute import make_strategy, worker_index
+from finetune.training.validation import BestEmbedding, ValidationLoss, dvar_ratio, should_stop, training_scores
 from finetune.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,46 @@ def fingerprint(cfg) -> str:
     """Hash of everything that decides the learned vectors (not max_steps, resume or eval)."""
     keep = {k: OmegaConf.to_container(OmegaConf.structured(getattr(cfg, k))) for k in ("model", "data", "token")}
     trainer = OmegaConf.to_container(OmegaConf.structured(cfg.trainer))
-    for k in ("max_steps", "resume", "checkpoint_every", "keep_checkpoints", "strategy", "gradient_checkpointing"):
+    for k in ("max_steps", "resume", "checkpoint_every", "keep_checkpoints", "strategy", "gradient_checkpointing",
+              "validation", "early_stopping", "early_stopping_window", "early_stopping_threshold",
+              "early_stopping_patience"):  # when to stop and what to watch: not what a step learns
         trainer.pop(k)
     blob = json.dumps({**keep, "trainer": trainer, "seed": cfg.seed}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def make_scorer(cfg, preset, renderer, tuner):
+    """`score(step)` -> {clip_i, clip_t, attribute_score, edit_score} (what the judge and the concept allow)
+    of `eval.score_images` seeds of each eval prompt; None when there is nothing to render or score with."""
+    from finetune.evaluation.judge import load_judge
+    from finetune.evaluation.scores import concept_attributes
+    from finetune.evaluation.stage import reference_images
+
+    if renderer is None or not cfg.eval.prompts:
+        return None
+    concept_dir = cfg.eval.reference_dir or cfg.data.concept_dir
+    judge, target = load_judge(cfg.model.judge, preset), concept_attributes(concept_dir)
+    if judge is None and target is None:
+        if cfg.eval.best_by != "validation_loss":
+            raise ConfigError(f"eval.best_by={cfg.eval.best_by}: nothing scores the renders (model.judge is not set "
+                              f"and {concept_dir} has no concept.json); set model.judge or eval.best_by=validation_loss")
+        return None
+    if cfg.eval.best_by in ("clip_i", "clip_t") and judge is None:
+        raise ConfigError(f"eval.best_by={cfg.eval.best_by} needs a CLIP judge: model.judge is not set")
+    if cfg.eval.best_by in ("attribute_score", "edit_score") and target is None:
+        raise ConfigError(f"eval.best_by={cfg.eval.best_by} needs a toy-world concept: {concept_dir} has no "
+                          "concept.json with toyworld_attributes")
+    reference = reference_images(concept_dir, cfg.data.resolution) if judge is not None else None
+    prompts = [expand_prompt(p, cfg.token.placeholder) for p in cfg.eval.prompts]
+
+    def score(step: int) -> dict:
+        tuner.sync_variables()
+        rendered = renderer.render(prompts, sampler_settings(cfg.eval), cfg.eval.score_images, cfg.eval.negative_prompt,
+                                   progress=False)
+        return training_scores(np.stack([r.image for r in rendered]), [r.prompt for r in rendered],
+                               cfg.token.placeholder, judge=judge, reference=reference, target=target)
+
+    return score
 
 
 def encode_latents(vae_encoder, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -136,7 +173,9 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     def save(step: int) -> None:
         tuner.sync_variables()  # the optimizer's state too
         save_checkpoint(run_dir, step, checkpoint_groups,
-                        {"fingerprint": run_fingerprint, "seed": cfg.seed, "history": history.as_metrics()},
+                        {"fingerprint": run_fingerprint, "seed": cfg.seed, "history": history.as_metrics(),
+                         "validation_history": validation.as_metrics(), "score_history": scoring.as_metrics(),
+                         "best": best.state()},
                         keep=cfg.trainer.keep_checkpoints)
         save_snapshot(step)
 
@@ -160,8 +199,47 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     history.restore(resumed_meta.get("history"))  # a resumed run's metrics cover every step
     if start_step and not (run_dir / f"learned_embeds-steps-{start_step}.safetensors").is_file():
         save_snapshot(start_step)  # killed between the checkpoint and its snapshot
+
+    # What the run watches: the validation loss (and DVAR early stopping on it), quality scores, the best vectors.
+    t = cfg.trainer
+    validation_loss = (ValidationLoss(tuner, cfg.seed, len(moments), len(caption_tokens),
+                                      t.validation.batch_size) if t.validation.every > 0 else None)
+
+    def validate(step: int) -> dict:
+        loss = validation_loss()
+        return {"loss": loss, "dvar_ratio": dvar_ratio([*validation.values.get("loss", []), loss],
+                                                       t.early_stopping_window)}
+
+    def stop_early(monitor) -> bool:
+        return t.early_stopping and should_stop(monitor.values["loss"], t.early_stopping_window,
+                                                t.early_stopping_threshold, t.early_stopping_patience)
+
+    best_path = run_dir / "learned_embeds-best.safetensors"
+
+    def save_best(step: int, best_vectors: np.ndarray) -> None:
+        save_diffusers_embedding(best_path, cfg.token.placeholder, best_vectors,
+                                 {**metadata, "steps": str(step), "best_by": cfg.eval.best_by})
+        logger.log_embedding(best_path, step, {**metadata, "best_by": cfg.eval.best_by}, best=True)
+
+    best = BestEmbedding(cfg.eval.best_by, save_best)
+    best.restore(resumed_meta.get("best"))
+    if best.vectors is not None and not best_path.is_file():  # resumed into a new folder
+        save_best(best.step, best.vectors)
+    validation = cb.Monitor(start_micro, accumulation, t.validation.every if validation_loss else 0, validate, logger,
+                            "validation", best=best, vectors=vectors, stop=stop_early)
+    validation.restore(resumed_meta.get("validation_history"))
+    if validation.steps and validation.steps[-1] == start_step and stop_early(validation):
+        validation.stop_step = start_step  # killed after the checkpoint of the step it stopped at: done
+
+    scorer = make_scorer(cfg, preset, renderer, tuner) if cfg.eval.score_every > 0 else None
+    scoring = cb.Monitor(start_micro, accumulation, cfg.eval.score_every if scorer else 0, scorer, logger, "score",
+                         best=best, vectors=vectors)
+    scoring.restore(resumed_meta.get("score_history"))
+
     callbacks = [
         history,
+        validation,  # before the checkpoint: a checkpoint of step N holds the values of step N
+        scoring,
         cb.ProgressBar(start_micro, accumulation, cfg.trainer.max_steps),
         cb.Every(start_micro, accumulation, cfg.trainer.checkpoint_every, save),
         cb.Every(start_micro, accumulation, cfg.eval.preview_every, preview),
@@ -170,21 +248,26 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     ]
     remaining = cfg.trainer.max_steps * accumulation - start_micro
     train_started = time.perf_counter()
-    if remaining > 0:
+    if remaining > 0 and validation.stop_step is None:
         dataset = training_dataset(examples, cfg.trainer.batch_size, cfg.seed).skip(start_micro)
         with strategy.scope():
             tuner.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=callbacks, verbose=0, shuffle=False)
+    final_step = history.steps[-1] if history.steps else start_step
+    stopped_early = validation.stop_step is not None
+    for monitor in (validation, scoring):  # the final vectors are always measured (a stop falls between two)
+        if monitor.every > 0 and final_step > 0 and final_step not in monitor.steps:  # resumed at the end too
+            monitor.measure_at(final_step)
     train_seconds = time.perf_counter() - train_started
 
     final = vectors()
     if not np.all(np.isfinite(final)):
         raise ConfigError("training diverged (learned vectors are not finite); lower trainer.learning_rate")
     save_diffusers_embedding(run_dir / DEFAULT_FILENAME, cfg.token.placeholder, final,
-                             {**metadata, "steps": str(cfg.trainer.max_steps)})
+                             {**metadata, "steps": str(final_step)})
     exported = export_embedding(run_dir / "export", cfg.token.placeholder, final,
-                                {**metadata, "steps": str(cfg.trainer.max_steps)},
+                                {**metadata, "steps": str(final_step)},
                                 [f for f in cfg.export.formats if f != "diffusers"])  # diffusers: the file above
-    logger.log_embedding(run_dir / DEFAULT_FILENAME, cfg.trainer.max_steps, metadata, final=True, exported=exported)
+    logger.log_embedding(run_dir / DEFAULT_FILENAME, final_step, metadata, final=True, exported=exported)
 
     sampling = quality = None
     if renderer is not None and cfg.eval.prompts:
@@ -197,16 +280,23 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     metrics = {
         "final_loss": history.losses[-1] if history.losses else None,
         "mean_loss_last_10": float(np.mean(history.losses[-10:])) if history.losses else None,
-        "steps": cfg.trainer.max_steps,
+        "steps": final_step,
+        "max_steps": cfg.trainer.max_steps,
+        "stop_reason": "early_stopping" if stopped_early else "max_steps",
         "resumed_from_step": start_step,
         "replicas": strategy.num_replicas_in_sync,
         "train_seconds": round(train_seconds, 3),
+        "validation_seconds": round(validation.seconds, 3),  # of train_seconds: the validation loss (this process)
+        "score_seconds": round(scoring.seconds, 3),  # of train_seconds: rendering and scoring during training
         "wall_seconds": round(time.perf_counter() - started, 3),
         "learned_vector_norms": [float(n) for n in np.linalg.norm(final, axis=1)],
         "initial_vector_norms": [float(n) for n in np.linalg.norm(initial_vectors, axis=1)],
         "vocabulary_mean_norm": float(np.linalg.norm(keras.ops.convert_to_numpy(text_encoder.token_embedding.table),
                                                      axis=1).mean()),
         **history.as_metrics(),
+        "validation_history": validation.as_metrics(),
+        "score_history": scoring.as_metrics(),
+        "best": {**best.as_metrics(), "file": best_path.name} if best.step is not None else None,
         "sampling": sampling,
         "quality": quality,
     }
