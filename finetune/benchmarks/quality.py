@@ -59,6 +59,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     "context in captions": ("token.norm=null", "data.context='large, in the center, on a white background'"),
     "context in captions + norm": ("token.norm=vocabulary",
                                    "data.context='large, in the center, on a white background'"),
+    "early stopping (max 2000 steps)": ("trainer.early_stopping=true", "trainer.max_steps=2000"),
 }
 
 
