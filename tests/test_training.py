@@ -1,6 +1,7 @@
 """The trainer: what it changes, what it never changes, determinism and resume."""
 
 import hashlib
+import shutil
 
 import keras
 import numpy as np
@@ -143,7 +144,7 @@ def test_early_stopping_stops_the_run_and_writes_every_output(tmp_path):
 
     cfg = compose_train(*FAST, "trainer.max_steps=30", "trainer.validation.every=1", "trainer.early_stopping=true",
                         "trainer.early_stopping_window=4", "trainer.early_stopping_patience=2",
-                        "export.formats=[diffusers,kohya]")
+                        "export.formats=[diffusers,kohya]", "trainer.checkpoint_every=1")
     metrics = train(cfg, tmp_path / "run")
     losses = metrics["validation_history"]["loss"]
     # It stops at the first step where the criterion, as a plain function of the losses, says so.
@@ -154,6 +155,19 @@ def test_early_stopping_stops_the_run_and_writes_every_output(tmp_path):
     assert meta["steps"] == str(first)
     assert (tmp_path / "run" / "export" / "kohya").is_dir() and (tmp_path / "run" / "report.html").is_file()
     assert metrics["max_steps"] == 30
+    # It keeps the mean of the vectors at its last 4 validations, on the default norm constraint.
+    assert metrics["final_vectors"] == "mean of the last 4 validations"
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), metrics["vocabulary_mean_norm"], atol=1e-4)
+
+    # Killed before its final files, resumed from the checkpoint before the stop: the same stop, the same bits.
+    resumed = tmp_path / "elsewhere" / "resumed"  # resume=auto also looks in sibling folders
+    shutil.copytree(tmp_path / "run", resumed, ignore=shutil.ignore_patterns("learned_embeds*", "metrics.json", "export"))
+    shutil.rmtree(resumed / "checkpoints" / f"step-{first:06d}")
+    again = train(compose_train(*FAST, "trainer.max_steps=30", "trainer.validation.every=1", "trainer.early_stopping=true",
+                                "trainer.early_stopping_window=4", "trainer.early_stopping_patience=2",
+                                "export.formats=[diffusers,kohya]", "trainer.resume=auto"), resumed)
+    assert again["resumed_from_step"] == first - 1 and again["steps"] == first
+    assert (resumed / "learned_embeds.safetensors").read_bytes() == (tmp_path / "run" / "learned_embeds.safetensors").read_bytes()
 
 
 def test_resume_auto_ignores_checkpoints_of_other_configs(tmp_path):

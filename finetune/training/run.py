@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 import hashlib
 import json
@@ -40,7 +41,9 @@ from finetune.training.checkpoints import (
     find_resume_checkpoint, remove_stale_temp_files, restore_checkpoint, save_checkpoint,
 )
 from finetune.training.distribute import make_strategy, worker_index
-from finetune.training.validation import BestEmbedding, ValidationLoss, dvar_ratio, should_stop, training_scores
+from finetune.training.validation import (
+    BestEmbedding, ValidationLoss, dvar_ratio, plateau_average, should_stop, training_scores,
+)
 from finetune.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -175,7 +178,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         save_checkpoint(run_dir, step, checkpoint_groups,
                         {"fingerprint": run_fingerprint, "seed": cfg.seed, "history": history.as_metrics(),
                          "validation_history": validation.as_metrics(), "score_history": scoring.as_metrics(),
-                         "best": best.state()},
+                         "best": best.state(), "plateau_vectors": [v.tolist() for v in plateau]},
                         keep=cfg.trainer.keep_checkpoints)
         save_snapshot(step)
 
@@ -205,8 +208,13 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     validation_loss = (ValidationLoss(tuner, cfg.seed, len(moments), len(caption_tokens),
                                       t.validation.batch_size) if t.validation.every > 0 else None)
 
+    # The vectors at the last validations: a run that stops early keeps their mean (plateau_average).
+    plateau = collections.deque(maxlen=t.early_stopping_window if t.early_stopping else 0)
+    plateau.extend(np.asarray(v, np.float32) for v in resumed_meta.get("plateau_vectors") or [])
+
     def validate(step: int) -> dict:
         loss = validation_loss()
+        plateau.append(vectors())
         return {"loss": loss, "dvar_ratio": dvar_ratio([*validation.values.get("loss", []), loss],
                                                        t.early_stopping_window)}
 
@@ -260,6 +268,9 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     train_seconds = time.perf_counter() - train_started
 
     final = vectors()
+    if stopped_early and plateau:
+        final = plateau_average(plateau, tuner.learned_vectors.constraint)
+        text_encoder.token_embedding.set_learned_vectors(final)  # what the final renders use
     if not np.all(np.isfinite(final)):
         raise ConfigError("training diverged (learned vectors are not finite); lower trainer.learning_rate")
     save_diffusers_embedding(run_dir / DEFAULT_FILENAME, cfg.token.placeholder, final,
@@ -283,6 +294,8 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         "steps": final_step,
         "max_steps": cfg.trainer.max_steps,
         "stop_reason": "early_stopping" if stopped_early else "max_steps",
+        # a stopped run keeps the mean of the vectors at its last validations (finetune/training/validation.py)
+        "final_vectors": f"mean of the last {len(plateau)} validations" if stopped_early and plateau else "last step",
         "resumed_from_step": start_step,
         "replicas": strategy.num_replicas_in_sync,
         "train_seconds": round(train_seconds, 3),
