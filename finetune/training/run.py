@@ -262,15 +262,14 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
             tuner.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=callbacks, verbose=0, shuffle=False)
     final_step = history.steps[-1] if history.steps else start_step
     stopped_early = validation.stop_step is not None
+    if stopped_early and plateau:  # what the final scores, files and renders see
+        text_encoder.token_embedding.set_learned_vectors(plateau_average(plateau, tuner.learned_vectors.constraint))
     for monitor in (validation, scoring):  # the final vectors are always measured (a stop falls between two)
         if monitor.every > 0 and final_step > 0 and final_step not in monitor.steps:  # resumed at the end too
             monitor.measure_at(final_step)
     train_seconds = time.perf_counter() - train_started
 
     final = vectors()
-    if stopped_early and plateau:
-        final = plateau_average(plateau, tuner.learned_vectors.constraint)
-        text_encoder.token_embedding.set_learned_vectors(final)  # what the final renders use
     if not np.all(np.isfinite(final)):
         raise ConfigError("training diverged (learned vectors are not finite); lower trainer.learning_rate")
     save_diffusers_embedding(run_dir / DEFAULT_FILENAME, cfg.token.placeholder, final,
