@@ -102,6 +102,8 @@ def plot_embedding(history: dict, path: str | Path, vocabulary_norm: float | Non
         top.axhline(vocabulary_norm, color=REFERENCE_COLOR, linestyle="--", linewidth=1.2,
                     label=f"mean norm of the vocabulary ({vocabulary_norm:.3g})")
     top.set_ylabel("L2 norm")
+    # From 0, so a norm held fixed (token.norm) reads as a flat line, not as float noise on an offset axis.
+    top.set_ylim(0, 1.15 * max(float(np.max(norms)), vocabulary_norm or 0.0))
     top.legend(loc="best")
     bottom.set_ylabel("cosine similarity\nto the initial vector")
     bottom.set_ylim(min(-0.05, float(np.nanmin(cosines)) - 0.05) if cosines.size else -0.05, 1.05)
