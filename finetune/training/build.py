@@ -10,8 +10,8 @@ import numpy as np
 from finetune.assembly import ModelSource, load_component, load_text_encoder
 from finetune.backends import name as backend_name
 from finetune.diffusion.schedule import NoiseSchedule
-from finetune.training.editability import FixedNorm, project, target_norms
 from finetune.training.distribute import adapt_optimizer, check_trainer, make_strategy
+from finetune.training.editability import FixedNorm, project, target_norms
 from finetune.training.fine_tuner import StableDiffusionFineTuner
 from finetune.training.schedules import WarmupDecay
 

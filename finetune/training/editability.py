@@ -22,6 +22,7 @@ from keras import ops
 
 from finetune.validation import parse_norm
 
+
 def target_norms(norm, initial_vectors: np.ndarray, table: np.ndarray) -> np.ndarray | None:
     """The norm each learned vector is held at [num_vectors] (float32), or None for a free norm.
 
