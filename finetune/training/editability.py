@@ -28,7 +28,7 @@ def target_norms(norm, initial_vectors: np.ndarray, table: np.ndarray) -> np.nda
 
     "vocabulary": the mean L2 norm of the table's rows (every vector the same); "initializer":
     each vector's start norm; a number: that norm."""
-    norm = parse_norm(norm, "token.norm")
+    norm = parse_norm(norm)
     if norm is None:
         return None
     count = len(initial_vectors)
@@ -64,8 +64,7 @@ class FixedNorm(keras.constraints.Constraint):
 
 
 def l2_penalty(vectors, initial_vectors, weight: float):
-    """weight x mean over vectors of ||v - v_start||^2 (a keras.ops scalar; 0 when weight is 0)."""
-    if not weight:
-        return ops.convert_to_tensor(0.0)
+    """weight x mean over vectors of ||v - v_start||^2 (a keras.ops scalar). The trainer adds it only for
+    a nonzero weight (StableDiffusionFineTuner.objective)."""
     delta = ops.cast(vectors, "float32") - ops.convert_to_tensor(np.asarray(initial_vectors, np.float32))
     return float(weight) * ops.mean(ops.sum(ops.square(delta), axis=-1))
