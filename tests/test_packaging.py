@@ -20,6 +20,8 @@ import pytest
 
 from tests.conftest import needs
 
+# One worker runs this file's tests (`--dist loadgroup`): they share one wheel, venv and training run.
+pytestmark = pytest.mark.xdist_group("packaging")
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("finetune-train", "finetune-evaluate", "finetune-export", "finetune-convert", "finetune-runs")
 PLACEHOLDER = "<red-checkered-heart>"
@@ -93,9 +95,16 @@ def test_the_installed_package_is_the_wheel_not_the_checkout(installed):
         assert (bin_dir / script).is_file(), script
 
 
-def test_train_from_an_empty_folder_writes_every_output(installed):
+@pytest.fixture(scope="module")
+def trained(installed) -> subprocess.CompletedProcess:
+    """The short run of RUN in outputs/run of the empty folder, by the installed console script."""
     bin_dir, env, work, _ = installed
-    proc = _run([bin_dir / "finetune-train", *RUN, "hydra.run.dir=outputs/run"], work, env, timeout=900)
+    return _run([bin_dir / "finetune-train", *RUN, "hydra.run.dir=outputs/run"], work, env, timeout=900)
+
+
+def test_train_from_an_empty_folder_writes_every_output(installed, trained):
+    bin_dir, env, work, _ = installed
+    proc = trained
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = work / "outputs" / "run"
     assert f"done: {run} (final loss" in proc.stdout
@@ -123,11 +132,10 @@ def test_train_from_an_empty_folder_writes_every_output(installed):
     assert table.returncode == 0 and "run " in table.stdout and "trainer.max_steps=20" in table.stdout
 
 
-def test_evaluate_loads_the_runs_kohya_export_with_its_placeholder(installed):
+def test_evaluate_loads_the_runs_kohya_export_with_its_placeholder(installed, trained):
     bin_dir, env, work, _ = installed
+    assert trained.returncode == 0, trained.stderr[-3000:]
     kohya = work / "outputs" / "run" / "export" / "kohya" / "red-checkered-heart.safetensors"
-    if not kohya.is_file():
-        pytest.fail("the training test did not leave its run (run the whole file)")
     proc = _run([bin_dir / "finetune-evaluate", f"embedding={kohya}", "eval.num_steps=2", "eval.images_per_prompt=1",
                  "hydra.run.dir=outputs/eval"], work, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
