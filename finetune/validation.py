@@ -44,6 +44,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "trainer.early_stopping_window": (2, 1_000_000, True, True),
     "trainer.early_stopping_threshold": (0, 1, False, True),
     "trainer.early_stopping_patience": (1, 1_000_000, True, True),
+    "trainer.early_stopping_cooldown": (0, 1_000_000, True, True),
     "eval.images_per_prompt": (1, 1000, True, True),
     "eval.num_steps": (1, 1000, True, True),
     "eval.guidance_scale": (0, 100, True, True),

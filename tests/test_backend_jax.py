@@ -94,16 +94,29 @@ def test_step_and_render_import_no_tensorflow(runs, tmp_path):
     assert np.load(tmp_path / "gradient.npy").shape == (1, 64)
 
 
-def test_train_command_on_jax(tmp_path):
+def test_train_command_on_jax_with_early_stopping(tmp_path):
+    """The CLI on JAX, stopped early: the cooldown's start, set between two compiled steps, reaches them."""
+    from finetune.config import TrainerConfig
+    from finetune.training.schedules import WarmupDecay
+    from finetune.training.validation import should_stop
+
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
     run_dir = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "finetune.train", f"hydra.run.dir={run_dir}", "trainer.max_steps=3", "trainer.batch_size=2",
-         "eval.images_per_prompt=1", "eval.num_steps=3", 'eval.prompts=["a photo of {}"]', "eval.preview_every=0"],
+        [sys.executable, "-m", "finetune.train", f"hydra.run.dir={run_dir}", "trainer.max_steps=12", "trainer.batch_size=2",
+         "eval.images_per_prompt=1", "eval.num_steps=3", 'eval.prompts=["a photo of {}"]', "eval.preview_every=0",
+         "trainer.validation.every=1", "trainer.early_stopping=true", "trainer.early_stopping_window=2",
+         "trainer.early_stopping_threshold=1", "trainer.early_stopping_patience=1", "trainer.early_stopping_cooldown=2"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["steps"] == 3 and np.isfinite(metrics["final_loss"])
+    decided = next(n for n in range(1, 13) if should_stop(metrics["validation_history"]["loss"][:n], 2, 1.0, 1))
+    assert metrics["early_stopping_decided_at"] == decided and metrics["stop_reason"] == "early_stopping"
+    assert metrics["steps"] == decided + 2 < 12 and np.isfinite(metrics["final_loss"])
+    t = TrainerConfig()  # the default rate and schedule
+    schedule = WarmupDecay(t.learning_rate, 12, t.warmup_steps, t.lr_schedule)
+    expected = [float(schedule(u)) * min(1.0, (decided + 2 - u) / 2) for u in range(decided + 2)]
+    np.testing.assert_allclose(metrics["loss_history"]["lr"], expected, rtol=1e-6)
     assert (run_dir / "samples" / "grid.png").stat().st_size > 0 and (run_dir / "report.html").is_file()
 
 

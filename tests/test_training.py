@@ -139,35 +139,46 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, accumulation):
     assert metrics["best"] == full_metrics["best"]
 
 
-def test_early_stopping_stops_the_run_and_writes_every_output(tmp_path):
+EARLY = (*FAST, "trainer.max_steps=30", "trainer.validation.every=1", "trainer.early_stopping=true",
+         "trainer.early_stopping_window=4", "trainer.early_stopping_patience=2", "trainer.early_stopping_cooldown=3",
+         "export.formats=[diffusers,kohya]")
+
+
+def test_early_stopping_cools_down_then_stops_and_writes_every_output(tmp_path):
     from finetune.training.validation import should_stop
 
-    cfg = compose_train(*FAST, "trainer.max_steps=30", "trainer.validation.every=1", "trainer.early_stopping=true",
-                        "trainer.early_stopping_window=4", "trainer.early_stopping_patience=2",
-                        "export.formats=[diffusers,kohya]", "trainer.checkpoint_every=1")
+    cfg = compose_train(*EARLY, "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0")  # 0: keep every one
     metrics = train(cfg, tmp_path / "run")
     losses = metrics["validation_history"]["loss"]
-    # It stops at the first step where the criterion, as a plain function of the losses, says so.
-    first = next(n for n in range(1, 31) if should_stop(losses[:n], 4, 0.39, 2))
-    assert metrics["stop_reason"] == "early_stopping" and metrics["steps"] == first < 30
-    assert metrics["loss_history"]["step"][-1] == first and len(losses) == first
+    # The criterion holds first where the plain function of the losses says so; 3 cooldown updates follow.
+    decided = next(n for n in range(1, 31) if should_stop(losses[:n], 4, 0.39, 2))
+    assert metrics["early_stopping_decided_at"] == decided
+    assert metrics["stop_reason"] == "early_stopping" and metrics["steps"] == decided + 3 < 30
+    assert metrics["loss_history"]["step"][-1] == decided + 3 and len(losses) == decided + 3
+    # The cooldown's rates: the schedule's, times 3/3, 2/3, 1/3 (update u is step u + 1); before it, the schedule's.
+    schedule = WarmupDecay(cfg.trainer.learning_rate, 30, cfg.trainer.warmup_steps, cfg.trainer.lr_schedule)
+    expected = [float(schedule(u)) * min(1.0, (decided + 3 - u) / 3) for u in range(decided + 3)]
+    np.testing.assert_allclose(metrics["loss_history"]["lr"], expected, rtol=1e-6)
+    assert metrics["loss_history"]["lr"][:decided] == [float(schedule(u)) for u in range(decided)]  # same bits
     _, vectors, meta = load_diffusers_embedding(tmp_path / "run" / "learned_embeds.safetensors")
-    assert meta["steps"] == str(first)
+    assert meta["steps"] == str(decided + 3)
     assert (tmp_path / "run" / "export" / "kohya").is_dir() and (tmp_path / "run" / "report.html").is_file()
     assert metrics["max_steps"] == 30
-    # It keeps the mean of the vectors at its last 4 validations, on the default norm constraint.
-    assert metrics["final_vectors"] == "mean of the last 4 validations"
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), metrics["vocabulary_mean_norm"], atol=1e-4)
 
-    # Killed before its final files, resumed from the checkpoint before the stop: the same stop, the same bits.
-    resumed = tmp_path / "elsewhere" / "resumed"  # resume=auto also looks in sibling folders
-    shutil.copytree(tmp_path / "run", resumed, ignore=shutil.ignore_patterns("learned_embeds*", "metrics.json", "export"))
-    shutil.rmtree(resumed / "checkpoints" / f"step-{first:06d}")
-    again = train(compose_train(*FAST, "trainer.max_steps=30", "trainer.validation.every=1", "trainer.early_stopping=true",
-                                "trainer.early_stopping_window=4", "trainer.early_stopping_patience=2",
-                                "export.formats=[diffusers,kohya]", "trainer.resume=auto"), resumed)
-    assert again["resumed_from_step"] == first - 1 and again["steps"] == first
-    assert (resumed / "learned_embeds.safetensors").read_bytes() == (tmp_path / "run" / "learned_embeds.safetensors").read_bytes()
+    # Killed before its final files, resumed from a checkpoint before the decision or inside the cooldown:
+    # the same decision, the same cooldown, the same bits.
+    for resume_at in (decided - 1, decided + 1):
+        resumed = tmp_path / f"elsewhere-{resume_at}" / "resumed"  # resume=auto also looks in sibling folders
+        shutil.copytree(tmp_path / "run", resumed,
+                        ignore=shutil.ignore_patterns("learned_embeds*", "metrics.json", "export"))
+        for later in range(resume_at + 1, decided + 4):
+            shutil.rmtree(resumed / "checkpoints" / f"step-{later:06d}")
+        again = train(compose_train(*EARLY, "trainer.resume=auto"), resumed)
+        assert again["resumed_from_step"] == resume_at and again["steps"] == decided + 3
+        assert again["loss_history"] == metrics["loss_history"]
+        assert ((resumed / "learned_embeds.safetensors").read_bytes()
+                == (tmp_path / "run" / "learned_embeds.safetensors").read_bytes())
 
 
 def test_resume_auto_ignores_checkpoints_of_other_configs(tmp_path):
@@ -184,6 +195,26 @@ def test_lr_schedules():
     assert [round(float(lin(s)), 4) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
     cos = WarmupDecay(2.0, total_steps=10, warmup_steps=0, kind="cosine")
     assert [round(float(cos(s)), 4) for s in (0, 5, 10)] == [2.0, 1.0, 0.0]
+
+
+def test_the_optimizer_reads_the_schedule_per_update_under_accumulation_and_cools_down():
+    """Keras hands a schedule its micro-step count: with 2 micro-steps per update, updates 0-4 of a linear
+    schedule over 10 updates must get 1.0, 0.9, ... (not 0.9 at the second update's first micro-step)."""
+    from finetune.training.schedules import UpdateSchedule
+
+    schedule = UpdateSchedule(WarmupDecay(1.0, 10, 0, "linear"), accumulation=2, cooldown_steps=4)
+    v = keras.Variable(np.zeros(2, "float32"))
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, gradient_accumulation_steps=2)
+    optimizer.build([v])
+    schedule.add_cooldown_variable(optimizer)
+    rates = []
+    for micro in range(14):
+        if micro == 6:
+            schedule.start_cooldown(3)  # after 3 updates: updates 3..6 at 4/4, 3/4, 2/4, 1/4 of the schedule
+        rates.append(round(float(optimizer.learning_rate), 4))
+        optimizer.apply_gradients([(np.ones(2, "float32"), v)])
+    assert rates == [1.0, 1.0, 0.9, 0.9, 0.8, 0.8, 0.7, 0.7, 0.45, 0.45, 0.25, 0.25, 0.1, 0.1]
+    assert any(v is schedule.cooldown_start for v in optimizer.variables)  # in the JAX step's state
 
 
 def test_scale_lr_multiplies_by_batch_and_accumulation():

@@ -37,9 +37,10 @@ def write_pictures(run_dir: Path, metrics: dict, cfg) -> dict[str, Path]:
     """loss.png, embedding_norm.png, scores.png and progress.png; returns them and the samples grid by name."""
     pictures = {}
     if metrics["loss_history"]["step"]:
-        stop_step = metrics["steps"] if metrics.get("stop_reason") == "early_stopping" else None
+        stopped = metrics.get("stop_reason") == "early_stopping"
+        early_stop = (metrics.get("early_stopping_decided_at", metrics["steps"]), metrics["steps"]) if stopped else None
         pictures["loss"] = plot_loss(metrics["loss_history"], run_dir / "loss.png", metrics.get("validation_history"),
-                                     stop_step)
+                                     early_stop)
         pictures["embedding_norm"] = plot_embedding(metrics["embedding_history"], run_dir / "embedding_norm.png",
                                                     metrics.get("vocabulary_mean_norm"))
     if (metrics.get("score_history") or {}).get("step"):

@@ -59,9 +59,11 @@ def _numbers(values) -> np.ndarray:
     return np.asarray([np.nan if v is None else v for v in values], np.float64)
 
 
-def plot_loss(history: dict, path: str | Path, validation: dict | None = None, stop_step: int | None = None) -> Path:
+def plot_loss(history: dict, path: str | Path, validation: dict | None = None,
+              early_stop: tuple[int, int] | None = None) -> Path:
     """`history`: metrics.json's loss_history ({"step", "loss", "lr", ...}); `validation`: its
-    validation_history ({"step", "loss"}), drawn on the same axes; `stop_step`: where early stopping stopped."""
+    validation_history ({"step", "loss"}), drawn on the same axes; `early_stop`: (the step after which
+    early stopping's criterion held, the step the run stopped at after its cooldown)."""
     steps, loss, lr = history["step"], history["loss"], history["lr"]
     fig, (top, bottom) = _figure("Training loss")
     marker = _marker(len(steps))
@@ -75,10 +77,14 @@ def plot_loss(history: dict, path: str | Path, validation: dict | None = None, s
                               label="validation loss (fixed batch, right axis)")
         right.set_ylabel("validation MSE", color=VALIDATION_COLOR)
         right.tick_params(axis="y", colors=VALIDATION_COLOR)
-    if stop_step is not None:
+    if early_stop is not None:
+        decided, stopped = early_stop
         for ax in (top, bottom):
-            ax.axvline(stop_step, color=STOP_COLOR, linestyle="--", linewidth=1.2)
-        handles += top.plot([], [], color=STOP_COLOR, linestyle="--", label=f"early stopping (step {stop_step})")
+            ax.axvline(decided, color=STOP_COLOR, linestyle="--", linewidth=1.2)
+            if stopped > decided:
+                ax.axvspan(decided, stopped, color=STOP_COLOR, alpha=0.12, linewidth=0)
+        label = f"early stopping at step {decided}" + (f", cooldown to step {stopped}" if stopped > decided else "")
+        handles += top.plot([], [], color=STOP_COLOR, linestyle="--", label=label)
     top.set_ylabel("noise-prediction MSE")
     own = [line for line in top.get_lines() if not line.get_label().startswith("_")]
     top.legend(handles=list(dict.fromkeys(own + handles)), loc="upper right")

@@ -97,7 +97,8 @@ def render_report(title: str, subtitle: str, metrics: dict, pictures: dict[str, 
     files_html = "".join(f'<li><a href="{_e(f)}">{_e(f)}</a></li>' for f in files)
     plots = _figures(pictures, {
         "loss": "Loss of every step (light) and smoothed (dark), the validation loss on one fixed batch (red) and "
-                "where early stopping stopped (dashed); the learning rate below.",
+                "where early stopping's criterion held (dashed; shaded: the cooldown to the stop); the learning "
+                "rate below.",
         "scores": "Quality scores of the eval prompts rendered during training (eval.score_every); the dashed "
                   "line marks the step of learned_embeds-best.safetensors.",
         "embedding_norm": "Norm of each learned vector and its cosine similarity to the vector it started from.",

@@ -13,14 +13,21 @@ from finetune.diffusion.schedule import NoiseSchedule
 from finetune.training.distribute import adapt_optimizer, check_trainer, make_strategy
 from finetune.training.editability import FixedNorm, project, target_norms
 from finetune.training.fine_tuner import StableDiffusionFineTuner
-from finetune.training.schedules import WarmupDecay
+from finetune.training.schedules import UpdateSchedule, WarmupDecay
 
 
-def make_optimizer(trainer_cfg, replicas: int = 1) -> keras.optimizers.Optimizer:
+def make_schedule(trainer_cfg) -> UpdateSchedule:
+    """The learning rate per optimizer update, with early stopping's cooldown when the run stops early."""
     t = trainer_cfg
-    lr = t.learning_rate * (t.batch_size * t.gradient_accumulation_steps * replicas if t.scale_lr else 1)
+    lr = t.learning_rate * (t.batch_size * t.gradient_accumulation_steps if t.scale_lr else 1)  # global batch
+    return UpdateSchedule(WarmupDecay(lr, t.max_steps, t.warmup_steps, t.lr_schedule), t.gradient_accumulation_steps,
+                          t.early_stopping_cooldown if t.early_stopping else 0)
+
+
+def make_optimizer(trainer_cfg, schedule: UpdateSchedule | None = None) -> keras.optimizers.Optimizer:
+    t = trainer_cfg
     return keras.optimizers.AdamW(
-        learning_rate=WarmupDecay(lr, t.max_steps, t.warmup_steps, t.lr_schedule),
+        learning_rate=schedule or make_schedule(t),
         weight_decay=t.weight_decay,
         beta_1=t.adam_beta1,
         beta_2=t.adam_beta2,
@@ -51,9 +58,11 @@ def build_tuner(cfg, source: ModelSource, moments: np.ndarray, caption_tokens: n
             text_encoder, unet, moments, caption_tokens, NoiseSchedule(), source.preset.vae.scaling_factor, seed=cfg.seed,
             initial_vectors=initial_vectors, l2_to_initializer=cfg.trainer.l2_to_initializer,
         )
-        optimizer = make_optimizer(cfg.trainer)
+        tuner.schedule = make_schedule(cfg.trainer)  # the run starts early stopping's cooldown through it
+        optimizer = make_optimizer(cfg.trainer, tuner.schedule)
         adapt_optimizer(optimizer, strategy)
         # model.jit_compile is TensorFlow's XLA switch; JAX always compiles the step (eager JAX is op by op).
         tuner.compile(optimizer=optimizer, jit_compile=source.jit_compile or backend_name() == "jax")
         tuner.optimizer.build([tuner.learned_vectors])
+        tuner.schedule.add_cooldown_variable(tuner.optimizer)
     return tuner, initial_vectors

@@ -124,18 +124,17 @@ class Monitor(_UpdateCallback):
     """Every `every` updates: `measure(step)` -> {name: value}; keeps the values per step (metrics.json,
     checkpoints), logs them to `tracker` as `<prefix>/<name>`, offers them to `best` (a
     finetune.training.validation.BestEmbedding, or None; validation's as `validation_<name>`, scores as
-    they are) and stops the fit when `stop(history)` says so
-    (`stop_step` is then the update it stopped after). List it before the checkpoint callback: a
-    checkpoint of step N then holds the values of step N, and a resumed run continues them."""
+    they are), then calls `after(monitor, step)` (early stopping's decision). List it before the
+    checkpoint callback: a checkpoint of step N then holds the values of step N, and a resumed run
+    continues them."""
 
     def __init__(self, start_micro_step: int, accumulation: int, every: int, measure, tracker, prefix: str,
-                 best=None, vectors=None, stop=None):
+                 best=None, vectors=None, after=None):
         super().__init__(start_micro_step, accumulation)
         self.every, self.measure, self.tracker, self.prefix = every, measure, tracker, prefix
-        self.best, self.vectors, self.stop = best, vectors, stop
+        self.best, self.vectors, self.after = best, vectors, after
         self.steps: list[int] = []
         self.values: dict[str, list] = {}
-        self.stop_step: int | None = None
         self.seconds = 0.0  # spent measuring, this process (metrics.json: what watching the run cost)
 
     def record(self, step: int, values: dict) -> None:
@@ -161,9 +160,8 @@ class Monitor(_UpdateCallback):
         if self.best is not None:
             named = {f"{self.prefix}_{k}" if self.prefix == "validation" else k: v for k, v in values.items()}
             self.best.offer(step, named, self.vectors)
-        if self.stop is not None and self.stop(self) and getattr(self, "model", None) is not None:
-            self.stop_step = step
-            self.model.stop_training = True
+        if self.after is not None:
+            self.after(self, step)
 
     def as_metrics(self) -> dict:
         return {"step": list(self.steps), **{k: list(v) for k, v in self.values.items()}}
@@ -177,6 +175,36 @@ class Monitor(_UpdateCallback):
             return
         if all(len(v) == len(steps) for v in values.values()):
             self.steps, self.values = steps, values
+
+
+class Cooldown(_UpdateCallback):
+    """How an early-stopped run ends: `begin(step)` (the update after which the stop criterion held)
+    starts the learning rate's linear decay to 0 over `steps` updates (`schedule.start_cooldown`, a
+    finetune.training.schedules.UpdateSchedule), and the fit stops after update `step + steps`
+    (`stop_step`); `steps` 0 stops it at once. `sync()` first hands a JAX fit's state to the variables,
+    so that its next step reads the variable `begin` sets."""
+
+    def __init__(self, start_micro_step: int, accumulation: int, steps: int, schedule, sync):
+        super().__init__(start_micro_step, accumulation)
+        self.steps, self.schedule, self.sync = steps, schedule, sync
+        self.began: int | None = None
+        self.stop_step: int | None = None
+
+    def begin(self, step: int) -> None:
+        self.began = step
+        if self.steps:
+            self.sync()
+            self.schedule.start_cooldown(step)
+        self.on_update(step, {})
+
+    def done_at(self, step: int) -> bool:
+        return self.began is not None and step >= self.began + self.steps
+
+    def on_update(self, step, logs):
+        if self.done_at(step) and self.stop_step is None:
+            self.stop_step = step
+            if getattr(self, "model", None) is not None:
+                self.model.stop_training = True
 
 
 class LoggerCallback(_UpdateCallback):

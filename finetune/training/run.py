@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import collections
 import gc
 import hashlib
 import json
@@ -42,7 +41,7 @@ from finetune.training.checkpoints import (
 )
 from finetune.training.distribute import make_strategy, worker_index
 from finetune.training.validation import (
-    BestEmbedding, ValidationLoss, dvar_ratio, plateau_average, should_stop, training_scores,
+    BestEmbedding, ValidationLoss, dvar_ratio, should_stop, training_scores,
 )
 from finetune.validation import validate_train_config
 
@@ -55,7 +54,7 @@ def fingerprint(cfg) -> str:
     trainer = OmegaConf.to_container(OmegaConf.structured(cfg.trainer))
     for k in ("max_steps", "resume", "checkpoint_every", "keep_checkpoints", "strategy", "gradient_checkpointing",
               "validation", "early_stopping", "early_stopping_window", "early_stopping_threshold",
-              "early_stopping_patience"):  # when to stop and what to watch: not what a step learns
+              "early_stopping_patience", "early_stopping_cooldown"):  # when to stop and what to watch: not what a step learns
         trainer.pop(k)
     blob = json.dumps({**keep, "trainer": trainer, "seed": cfg.seed}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -152,7 +151,10 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     accumulation = cfg.trainer.gradient_accumulation_steps
     run_fingerprint = fingerprint(cfg)
     start_step = 0
-    checkpoint_groups = {"learned_vectors": [tuner.learned_vectors], "optimizer": tuner.optimizer.variables}
+    # The cooldown's start is in the checkpoint's meta (early_stopping_decided_at), not here: a run may
+    # resume with early stopping switched on or off.
+    optimizer_state = [v for v in tuner.optimizer.variables if v is not tuner.schedule.cooldown_start]
+    checkpoint_groups = {"learned_vectors": [tuner.learned_vectors], "optimizer": optimizer_state}
     resume_from = find_resume_checkpoint(cfg.trainer.resume, run_dir, run_fingerprint)
     resumed_meta = {}
     if resume_from is not None:
@@ -178,7 +180,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         save_checkpoint(run_dir, step, checkpoint_groups,
                         {"fingerprint": run_fingerprint, "seed": cfg.seed, "history": history.as_metrics(),
                          "validation_history": validation.as_metrics(), "score_history": scoring.as_metrics(),
-                         "best": best.state(), "plateau_vectors": [v.tolist() for v in plateau]},
+                         "best": best.state(), "early_stopping_decided_at": cooldown.began},
                         keep=cfg.trainer.keep_checkpoints)
         save_snapshot(step)
 
@@ -208,19 +210,20 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     validation_loss = (ValidationLoss(tuner, cfg.seed, len(moments), len(caption_tokens),
                                       t.validation.batch_size) if t.validation.every > 0 else None)
 
-    # The vectors at the last validations: a run that stops early keeps their mean (plateau_average).
-    plateau = collections.deque(maxlen=t.early_stopping_window if t.early_stopping else 0)
-    plateau.extend(np.asarray(v, np.float32) for v in resumed_meta.get("plateau_vectors") or [])
-
     def validate(step: int) -> dict:
         loss = validation_loss()
-        plateau.append(vectors())
         return {"loss": loss, "dvar_ratio": dvar_ratio([*validation.values.get("loss", []), loss],
                                                        t.early_stopping_window)}
 
-    def stop_early(monitor) -> bool:
-        return t.early_stopping and should_stop(monitor.values["loss"], t.early_stopping_window,
-                                                t.early_stopping_threshold, t.early_stopping_patience)
+    # Early stopping: once DVAR's criterion holds, the cooldown's updates, then the end of the fit.
+    cooldown = cb.Cooldown(start_micro, accumulation, t.early_stopping_cooldown, tuner.schedule, tuner.sync_variables)
+    if t.early_stopping and resumed_meta.get("early_stopping_decided_at") is not None:
+        cooldown.begin(int(resumed_meta["early_stopping_decided_at"]))  # done already if it ended at start_step
+
+    def decide(monitor, step: int) -> None:
+        if t.early_stopping and cooldown.began is None and should_stop(
+                monitor.values["loss"], t.early_stopping_window, t.early_stopping_threshold, t.early_stopping_patience):
+            cooldown.begin(step)
 
     best_path = run_dir / "learned_embeds-best.safetensors"
 
@@ -234,10 +237,8 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     if best.vectors is not None and not best_path.is_file():  # resumed into a new folder
         save_best(best.step, best.vectors)
     validation = cb.Monitor(start_micro, accumulation, t.validation.every if validation_loss else 0, validate, logger,
-                            "validation", best=best, vectors=vectors, stop=stop_early)
+                            "validation", best=best, vectors=vectors, after=decide)
     validation.restore(resumed_meta.get("validation_history"))
-    if validation.steps and validation.steps[-1] == start_step and stop_early(validation):
-        validation.stop_step = start_step  # killed after the checkpoint of the step it stopped at: done
 
     scorer = make_scorer(cfg, preset, renderer, tuner) if cfg.eval.score_every > 0 else None
     scoring = cb.Monitor(start_micro, accumulation, cfg.eval.score_every if scorer else 0, scorer, logger, "score",
@@ -247,6 +248,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     callbacks = [
         history,
         validation,  # before the checkpoint: a checkpoint of step N holds the values of step N
+        cooldown,
         scoring,
         cb.ProgressBar(start_micro, accumulation, cfg.trainer.max_steps),
         cb.Every(start_micro, accumulation, cfg.trainer.checkpoint_every, save),
@@ -256,14 +258,12 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     ]
     remaining = cfg.trainer.max_steps * accumulation - start_micro
     train_started = time.perf_counter()
-    if remaining > 0 and validation.stop_step is None:
+    if remaining > 0 and cooldown.stop_step is None:
         dataset = training_dataset(examples, cfg.trainer.batch_size, cfg.seed).skip(start_micro)
         with strategy.scope():
             tuner.fit(dataset, epochs=1, steps_per_epoch=remaining, callbacks=callbacks, verbose=0, shuffle=False)
     final_step = history.steps[-1] if history.steps else start_step
-    stopped_early = validation.stop_step is not None
-    if stopped_early and plateau:  # what the final scores, files and renders see
-        text_encoder.token_embedding.set_learned_vectors(plateau_average(plateau, tuner.learned_vectors.constraint))
+    stopped_early = cooldown.stop_step is not None
     for monitor in (validation, scoring):  # the final vectors are always measured (a stop falls between two)
         if monitor.every > 0 and final_step > 0 and final_step not in monitor.steps:  # resumed at the end too
             monitor.measure_at(final_step)
@@ -293,8 +293,8 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
         "steps": final_step,
         "max_steps": cfg.trainer.max_steps,
         "stop_reason": "early_stopping" if stopped_early else "max_steps",
-        # a stopped run keeps the mean of the vectors at its last validations (finetune/training/validation.py)
-        "final_vectors": f"mean of the last {len(plateau)} validations" if stopped_early and plateau else "last step",
+        # the update after which DVAR's criterion held; the cooldown's updates followed it (None: never held)
+        "early_stopping_decided_at": cooldown.began,
         "resumed_from_step": start_step,
         "replicas": strategy.num_replicas_in_sync,
         "train_seconds": round(train_seconds, 3),

@@ -1,4 +1,5 @@
-"""Learning-rate schedules: linear warmup, then constant, linear or cosine decay to zero."""
+"""Learning-rate schedules: linear warmup, then constant, linear or cosine decay to zero (`WarmupDecay`);
+a run's schedule of optimizer updates with early stopping's cooldown on top (`UpdateSchedule`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from keras import ops
 from finetune.errors import ConfigError
 
 KINDS = ("constant", "linear", "cosine")
+# The cooldown variable's value while no cooldown has begun: beyond any run's updates, exact in float32.
+NEVER = float(2**30)
 
 
 @keras.saving.register_keras_serializable(package="finetune")
@@ -37,3 +40,47 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "kind": self.kind}
+
+
+@keras.saving.register_keras_serializable(package="finetune")
+class UpdateSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule(update)` for the optimizer's update `micro_step // accumulation`, times early stopping's
+    cooldown: a linear decay to 0 over `cooldown_steps` updates from the update held in an optimizer
+    variable (`add_cooldown_variable`; `start_cooldown` sets it while training). Until then the factor is
+    exactly 1, so a run's rates are those of `schedule` bit for bit.
+
+    Keras hands a schedule its count of micro-steps: under gradient accumulation a schedule of updates
+    would run `accumulation` times too fast. The cooldown's start lives in an optimizer variable because
+    the JAX step is a pure function of the optimizer's variables: a value the step reads from anywhere
+    else is frozen into the compiled step."""
+
+    def __init__(self, schedule, accumulation: int = 1, cooldown_steps: int = 0):
+        self.schedule, self.accumulation, self.cooldown_steps = schedule, int(accumulation), int(cooldown_steps)
+        self.cooldown_start = None
+
+    def add_cooldown_variable(self, optimizer) -> None:
+        """Create the cooldown's start as a variable of the built `optimizer` (in the strategy's scope)."""
+        if self.cooldown_steps > 0 and self.cooldown_start is None:
+            self.cooldown_start = optimizer.add_variable((), keras.initializers.Constant(NEVER), "float32",
+                                                         name="cooldown_start")
+
+    def start_cooldown(self, update: int) -> None:
+        """Decay from optimizer update `update` (0-based: the next one after `update` updates) to 0 at
+        `update + cooldown_steps`."""
+        self.cooldown_start.assign(float(update))
+
+    def __call__(self, micro_step):
+        update = ops.floor_divide(ops.cast(micro_step, "float32"), float(self.accumulation))
+        rate = self.schedule(update)
+        if self.cooldown_start is None:
+            return rate
+        left = (ops.convert_to_tensor(self.cooldown_start) + self.cooldown_steps - update) / self.cooldown_steps
+        return rate * ops.clip(left, 0.0, 1.0)
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "accumulation": self.accumulation,
+                "cooldown_steps": self.cooldown_steps}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config.pop("schedule")), **config)

@@ -3,7 +3,6 @@
     validation_rows   the fixed validation batch's (view, caption) rows, drawn from the seed
     ValidationLoss    the training loss on that batch with fixed noise and timesteps: a pure function of
                       (seed, current vectors), one compiled call, on every backend
-    plateau_average   what a stopped run keeps: the mean of the vectors over DVAR's window
     dvar_ratio        DVAR's criterion (Voronov et al., "Is This Loss Informative?", NeurIPS 2023):
                       var(last `window` validation losses) / var(all of them); `should_stop` applies it
     training_scores   CLIP-I, CLIP-T and (toy world) attribute and edit scores of rendered images
@@ -88,15 +87,6 @@ def dvar_ratio(losses, window: int) -> float | None:
         return None
     total = float(np.var(losses))
     return float(np.var(losses[-window:]) / total) if total > 0 else 0.0
-
-
-def plateau_average(recent_vectors, constraint=None) -> np.ndarray:
-    """The vectors a stopped run keeps: the mean of the vectors at its last validations (the plateau DVAR
-    saw; Polyak averaging), put back on the norm constraint if there is one. A stop comes while the
-    learning rate is still high, where each iterate is one noisy step of a walk around the optimum;
-    their mean is steadier (docs/quality.md: 5 seeds)."""
-    mean = np.mean(np.stack([np.asarray(v, np.float64) for v in recent_vectors]), axis=0).astype(np.float32)
-    return mean if constraint is None else keras.ops.convert_to_numpy(constraint(mean)).astype(np.float32)
 
 
 def should_stop(losses, window: int, threshold: float, patience: int = 1) -> bool:
