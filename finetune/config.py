@@ -173,7 +173,7 @@ class TrainerConfig:
     # Once the criterion holds, this many more updates with the learning rate decaying linearly to 0, then
     # stop (a cooldown, as warmup-stable-decay schedules end): the last vectors settle instead of being one
     # step of a walk at a high rate (docs/quality.md: 5 seeds). 0: stop at once.
-    early_stopping_cooldown: int = 50
+    early_stopping_cooldown: int = 100
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from finetune.evaluation.grid import make_grid
-from finetune.reporting.plots import smooth
+from finetune.reporting.plots import STOP_COLOR, plot_loss, smooth
 from finetune.reporting.progress import MAX_CELLS, evenly_spaced, preview_image, progress_strip
 from tests.conftest import needs
 from tests.tracked_runs import PREVIEW_STEPS, wandb_run
@@ -104,6 +104,23 @@ def test_smooth_is_a_debiased_moving_average():
     assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # no pull towards 0 at the start
     values = smooth([0.0, 10.0, np.nan, 10.0], span=3)
     assert values[0] == 0.0 and 0.0 < values[1] < 10.0 and values[2] == values[1] and values[1] < values[3] < 10.0
+
+
+def test_loss_plot_shades_early_stoppings_cooldown(tmp_path):
+    steps = list(range(1, 241))
+    history = {"step": steps, "loss": [0.05 + 0.01 * np.sin(s) for s in steps],
+               "lr": [5e-3 * min(1.0, (230 - s) / 100) for s in steps]}
+    validation = {"step": list(range(10, 241, 10)), "loss": [0.04 - 0.0001 * s for s in range(24)]}
+    tint = np.array([int(STOP_COLOR[i:i + 2], 16) for i in (1, 3, 5)]) * 0.12 + 255 * 0.88  # the span on white
+
+    def tinted_columns(stop):
+        pixels = np.asarray(Image.open(plot_loss(history, tmp_path / "loss.png", validation, stop)).convert("RGB"), float)
+        return np.flatnonzero((np.abs(pixels - tint).max(axis=-1) <= 3).sum(axis=0) >= 100)  # tinted top to bottom
+
+    assert len(tinted_columns(None)) == 0 and len(tinted_columns((130, 130))) == 0  # no cooldown: no span
+    columns = tinted_columns((130, 230))
+    plain = np.asarray(Image.open(plot_loss(history, tmp_path / "loss.png", validation)).convert("RGB"))
+    assert plain.shape[1] * 0.2 < columns.max() - columns.min() < plain.shape[1] * 0.45  # 100 of 240 steps of the axes
 
 
 def test_progress_strip_from_preview_files(tmp_path):
