@@ -96,6 +96,12 @@ def test_every_mode(tmp_path, input_png, mode):
         gif = Image.open(first / "walk.gif")
         assert gif.n_frames == 8 and gif.size == (64, 64)
         assert meta["files"]["gif"] == "walk.gif"
+        import imageio.v2 as imageio  # the video extra (in the test extras)
+
+        assert meta["files"]["mp4"] == "walk.mp4"
+        video = imageio.mimread(first / "walk.mp4")
+        assert len(video) == 8 and video[0].shape == (64, 64, 3)
+        assert np.abs(video[0].astype(int) - images[0]).mean() < 10  # the first frame, through the codec
         assert np.abs(images[0].astype(int) - images[-1]).mean() > 5  # it goes somewhere
     if mode == "mix":  # two embeddings (diffusers, A1111 safetensors), both tokens in the prompts
         assert meta["images"][0]["weights"] == [0.75, 0.25]

@@ -327,7 +327,7 @@ def write_mp4(frames: list[np.ndarray], path: Path, fps: int) -> bool:
         import imageio.v2 as imageio
         import imageio_ffmpeg  # noqa: F401
     except ImportError:
-        log.info("walk.mp4 skipped: pip install imageio imageio-ffmpeg to write it")
+        log.info("walk.mp4 skipped: pip install imageio imageio-ffmpeg (the video extra) to write it")
         return False
     from finetune.io import atomic_write
 
