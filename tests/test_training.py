@@ -166,9 +166,9 @@ def test_early_stopping_cools_down_then_stops_and_writes_every_output(tmp_path):
     assert metrics["max_steps"] == 30
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), metrics["vocabulary_mean_norm"], atol=1e-4)
 
-    # Killed before its final files, resumed from a checkpoint before the decision or inside the cooldown:
-    # the same decision, the same cooldown, the same bits.
-    for resume_at in (decided - 1, decided + 1):
+    # Killed before its final files, resumed from a checkpoint before the decision, inside the cooldown or
+    # at its end (no more updates): the same decision, the same cooldown, the same bits.
+    for resume_at in (decided - 1, decided + 1, decided + 3):
         resumed = tmp_path / f"elsewhere-{resume_at}" / "resumed"  # resume=auto also looks in sibling folders
         shutil.copytree(tmp_path / "run", resumed,
                         ignore=shutil.ignore_patterns("learned_embeds*", "metrics.json", "export"))

@@ -190,12 +190,14 @@ class Cooldown(_UpdateCallback):
         self.began: int | None = None
         self.stop_step: int | None = None
 
-    def begin(self, step: int) -> None:
+    def begin(self, step: int, now: int | None = None) -> None:
+        """The criterion held after update `step`; `now`: the update the run is at (a resumed run: its
+        checkpoint's, where the cooldown may be over already). Default: `step`."""
         self.began = step
         if self.steps:
             self.sync()
             self.schedule.start_cooldown(step)
-        self.on_update(step, {})
+        self.on_update(step if now is None else now, {})
 
     def done_at(self, step: int) -> bool:
         return self.began is not None and step >= self.began + self.steps

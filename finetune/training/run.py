@@ -218,7 +218,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
     # Early stopping: once DVAR's criterion holds, the cooldown's updates, then the end of the fit.
     cooldown = cb.Cooldown(start_micro, accumulation, t.early_stopping_cooldown, tuner.schedule, tuner.sync_variables)
     if t.early_stopping and resumed_meta.get("early_stopping_decided_at") is not None:
-        cooldown.begin(int(resumed_meta["early_stopping_decided_at"]))  # done already if it ended at start_step
+        cooldown.begin(int(resumed_meta["early_stopping_decided_at"]), now=start_step)  # done if it ended there
 
     def decide(monitor, step: int) -> None:
         if t.early_stopping and cooldown.began is None and should_stop(
