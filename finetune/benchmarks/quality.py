@@ -115,7 +115,8 @@ def quality_row(
 
 def run_quality(cfg, run_dir: str | Path, samples: int = 32, seed: int = 1000, progress: bool = True,
                 methods: dict | None = None) -> list[QualityRow]:
-    """Train `cfg` (a TrainConfig on a toy-world concept) into `run_dir`, then score the four rows.
+    """Train `cfg` (a TrainConfig on a toy-world concept) into `run_dir`, then score the rows (random
+    token, initializer token, learned token, oracle prompt).
 
     With `methods` ({row name: TrainConfig}), each method is trained into `run_dir/<n>-<slug>` instead
     and scored as one learned row (its norm, steps and train time): the fidelity-editability table."""
@@ -160,7 +161,7 @@ def run_quality(cfg, run_dir: str | Path, samples: int = 32, seed: int = 1000, p
     def learned_row(name: str, method_cfg, method_dir: Path) -> QualityRow:
         row = token_row(name, train_and_load(method_cfg, method_dir))
         metrics = _read_metrics(method_dir)
-        row.steps = int(metrics.get("steps", method_cfg.trainer.max_steps))
+        row.steps = int(metrics["steps"])
         row.train_seconds = round(float(metrics["train_seconds"]), 1)
         return row
 

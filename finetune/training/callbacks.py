@@ -179,14 +179,14 @@ class Monitor(_UpdateCallback):
 
 class Cooldown(_UpdateCallback):
     """How an early-stopped run ends: `begin(step)` (the update after which the stop criterion held)
-    starts the learning rate's linear decay to 0 over `steps` updates (`schedule.start_cooldown`, a
-    finetune.training.schedules.UpdateSchedule), and the fit stops after update `step + steps`
-    (`stop_step`); `steps` 0 stops it at once. `sync()` first hands a JAX fit's state to the variables,
-    so that its next step reads the variable `begin` sets."""
+    starts the learning rate's linear decay to 0 over `schedule.cooldown_steps` updates
+    (`schedule.start_cooldown`, a finetune.training.schedules.UpdateSchedule), and the fit stops after
+    update `step + steps` (`stop_step`); 0 steps stop it at once. `sync()` first hands a JAX fit's state
+    to the variables, so that its next step reads the variable `begin` sets."""
 
-    def __init__(self, start_micro_step: int, accumulation: int, steps: int, schedule, sync):
+    def __init__(self, start_micro_step: int, accumulation: int, schedule, sync):
         super().__init__(start_micro_step, accumulation)
-        self.steps, self.schedule, self.sync = steps, schedule, sync
+        self.steps, self.schedule, self.sync = schedule.cooldown_steps, schedule, sync
         self.began: int | None = None
         self.stop_step: int | None = None
 

@@ -40,9 +40,7 @@ from finetune.training.checkpoints import (
     find_resume_checkpoint, remove_stale_temp_files, restore_checkpoint, save_checkpoint,
 )
 from finetune.training.distribute import make_strategy, worker_index
-from finetune.training.validation import (
-    BestEmbedding, ValidationLoss, dvar_ratio, should_stop, training_scores,
-)
+from finetune.training.validation import BestEmbedding, ValidationLoss, dvar_ratio, should_stop, training_scores
 from finetune.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -52,9 +50,10 @@ def fingerprint(cfg) -> str:
     """Hash of everything that decides the learned vectors (not max_steps, resume or eval)."""
     keep = {k: OmegaConf.to_container(OmegaConf.structured(getattr(cfg, k))) for k in ("model", "data", "token")}
     trainer = OmegaConf.to_container(OmegaConf.structured(cfg.trainer))
+    # When to stop and what to watch: not what a step learns.
     for k in ("max_steps", "resume", "checkpoint_every", "keep_checkpoints", "strategy", "gradient_checkpointing",
               "validation", "early_stopping", "early_stopping_window", "early_stopping_threshold",
-              "early_stopping_patience", "early_stopping_cooldown"):  # when to stop and what to watch: not what a step learns
+              "early_stopping_patience", "early_stopping_cooldown"):
         trainer.pop(k)
     blob = json.dumps({**keep, "trainer": trainer, "seed": cfg.seed}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -216,7 +215,7 @@ def train(cfg, run_dir: str | Path, extra_callbacks: list | None = None) -> dict
                                                        t.early_stopping_window)}
 
     # Early stopping: once DVAR's criterion holds, the cooldown's updates, then the end of the fit.
-    cooldown = cb.Cooldown(start_micro, accumulation, t.early_stopping_cooldown, tuner.schedule, tuner.sync_variables)
+    cooldown = cb.Cooldown(start_micro, accumulation, tuner.schedule, tuner.sync_variables)
     if t.early_stopping and resumed_meta.get("early_stopping_decided_at") is not None:
         cooldown.begin(int(resumed_meta["early_stopping_decided_at"]), now=start_step)  # done if it ended there
 
