@@ -110,6 +110,9 @@ if __name__ == "__main__":
         sys.meta_path.insert(0, _NoTensorFlow())
     import keras
 
+    from finetune.backends import enable_determinism
+
+    enable_determinism()  # as a training run does first (on a GPU: XLA's deterministic ops)
     out_dir = Path(sys.argv[1])
     out_dir.mkdir(parents=True, exist_ok=True)
     outcome = {"backend": keras.backend.backend()}

@@ -3,10 +3,15 @@ the program), determinism from XLA itself."""
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 
 import jax
 import numpy as np
+from jax._src import xla_bridge  # backends_are_initialized: no public equivalent in JAX 0.10-0.11
+
+log = logging.getLogger(__name__)
 
 
 def compiled_call(model, jit_compile: bool = True):
@@ -16,15 +21,31 @@ def compiled_call(model, jit_compile: bool = True):
     def call(trainable, non_trainable, *args):
         return model.stateless_call(trainable, non_trainable, *args)[0]
 
-    def run(*args):
-        return call([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
-                    *args)
+    def weights():
+        return [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
 
+    def run(*args):
+        return call(*weights(), *args)
+
+    run.lower = lambda *args: call.lower(*weights(), *args)  # the compiled program, for the benchmark
     return run
 
 
+DETERMINISTIC_GPU_OPS = "--xla_gpu_deterministic_ops=true"
+
+
 def enable_determinism() -> None:
-    """XLA on CPU is deterministic; on GPU, XLA_FLAGS=--xla_gpu_deterministic_ops=true (docs/gpu.md)."""
+    """XLA on CPU is deterministic. On a GPU, XLA may pick among kernels and reduce with atomics unless
+    `--xla_gpu_deterministic_ops` is set, and XLA reads its flags once, when JAX starts its backends:
+    so this adds the flag to XLA_FLAGS before that (docs/gpu.md, measured there)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if DETERMINISTIC_GPU_OPS in flags:
+        return
+    os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_GPU_OPS}".strip()
+    started = getattr(xla_bridge, "backends_are_initialized", lambda: False)()
+    if started and any(d.platform == "gpu" for d in jax.devices()):
+        log.warning("JAX started its GPU backend before determinism was asked for: this process's GPU ops may "
+                    "not be bitwise reproducible; set XLA_FLAGS=%s before starting it", DETERMINISTIC_GPU_OPS)
 
 
 def set_random_seed(seed: int) -> None:

@@ -4,14 +4,19 @@ Imports no TensorFlow: this is what runs on a GPU machine that has JAX only (doc
 
 from __future__ import annotations
 
+import collections
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from finetune.benchmarks.timing import matmul_rate
 
-FLOPS_METHOD = ("XLA cost analysis of the compiled program (every op: matmuls, convolutions and the "
-                "elementwise work; XLA's count of a convolution is 2 x multiply-adds)")
+FLOPS_METHOD = ("XLA cost analysis of the lowered program, before XLA's optimizations (every op as written: "
+                "matmuls, convolutions, attention and the elementwise work; a convolution counts 2 x "
+                "multiply-adds). Counting before optimization keeps ops that a GPU compiler hands to a library "
+                "kernel (cuDNN's fused attention counts 0 in the compiled program's analysis), and compiles nothing")
 
 
 def versions() -> dict:
@@ -28,8 +33,8 @@ def matmul_peak(dtype: str, size: int, repeats: int) -> dict:
     return matmul_rate(lambda: product(a, b).block_until_ready(), size, repeats)
 
 
-def _flops(compiled) -> int:
-    analysis = compiled.cost_analysis()
+def _flops(lowered) -> int:
+    analysis = lowered.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older JAX: one dict per device program
         analysis = analysis[0]
     return int(analysis.get("flops", 0))
@@ -44,15 +49,23 @@ def step_flops(tuner, batch_size: int) -> dict:
     state = (_values(tuner.trainable_variables), _values(tuner.non_trainable_variables),
              _values(tuner.optimizer.variables), _values(tuner.metrics_variables))
     data = jax.ShapeDtypeStruct((batch_size, 2), jnp.int32)
-    compiled = jax.jit(lambda s, d: tuner.train_step(s, d)).lower(state, data).compile()
-    return {"flops": _flops(compiled)}
+    return {"flops": _flops(jax.jit(lambda s, d: tuner.train_step(s, d)).lower(state, data))}
 
 
 def call_flops(model, *specs) -> int:
     """FLOPs of one forward call of `model` on inputs of (shape, dtype) `specs`."""
     call = jax.jit(lambda tv, ntv, *args: model.stateless_call(tv, ntv, *args)[0])
     args = [jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype)) for shape, dtype in specs]
-    return _flops(call.lower(_values(model.trainable_variables), _values(model.non_trainable_variables), *args).compile())
+    return _flops(call.lower(_values(model.trainable_variables), _values(model.non_trainable_variables), *args))
+
+
+def library_calls(compiled_call, *args) -> dict:
+    """The library kernels (XLA custom calls: cuDNN attention, cuBLAS matmuls, ...) in the program that
+    `compiled_call` (finetune.backends.compiled_call) runs for `args`, counted by target. JAX's compilation
+    cache holds the program once it has run, so this compiles nothing more."""
+    text = compiled_call.lower(*args).compile().as_text()
+    targets = re.findall(r'custom_call_target="([^"]+)"', text)
+    return dict(sorted(collections.Counter(targets).items()))
 
 
 def device_memory() -> dict | None:
