@@ -35,6 +35,8 @@ def matmul_peak(dtype: str, size: int, repeats: int) -> dict:
 
 def _flops(lowered) -> int:
     analysis = lowered.cost_analysis()
+    if analysis is None:  # JAX 0.11 on a GPU analyses only compiled programs (where library kernels count 0)
+        analysis = lowered.compile().cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older JAX: one dict per device program
         analysis = analysis[0]
     return int(analysis.get("flops", 0))
