@@ -141,6 +141,31 @@ class StepTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def training_flops(tuner, batch: int) -> dict:
+    """FLOPs of one training step at `batch`, and of the forward calls it is made of (nothing runs)."""
+    counted = speed.step_flops(tuner, batch)
+    unet, text_encoder = tuner.unet, tuner.text_encoder
+    hw = tuner.latent_moments.shape[1]
+    length, width = text_encoder.spec.max_length, text_encoder.spec.width
+    unet_fwd = speed.call_flops(unet, ([batch, hw, hw, unet.spec.latent_channels], "float32"), ([batch], "int32"),
+                                ([batch, length, width], "float32"))
+    text_fwd = speed.call_flops(text_encoder, ([batch, length], "int32"))
+    return {"flops_per_step": counted["flops"], "flops_method": speed.flops_method(),
+            "flops_by_op_type": counted.get("by_op_type"), "unet_forward_flops": unet_fwd,
+            "text_encoder_forward_flops": text_fwd, "step_over_forward": counted["flops"] / (unet_fwd + text_fwd),
+            "weight_gradients": counted.get("weight_gradients")}
+
+
+def sampling_flops(tuner, latent: tuple, vae_decoder, num_steps: int, images: int) -> dict:
+    """FLOPs of rendering `images` images: `num_steps` UNet calls on the cond + uncond batch, one decode."""
+    context = (2 * images, tuner.text_encoder.spec.max_length, tuner.text_encoder.spec.width)
+    unet_call = speed.call_flops(tuner.unet, ([2 * images, *latent], "float32"), ([2 * images], "int32"),
+                                 (context, "float32"))
+    decode = speed.call_flops(vae_decoder, ([images, *latent], "float32"))
+    return {"unet_call_flops": unet_call, "decode_flops": decode, "flops_per_image": (num_steps * unet_call + decode) / images,
+            "flops_method": speed.flops_method()}
+
+
 def bench_training(cfg, tuner, num_variants: int, num_captions: int, steps: int, warmup: int, peaks: dict,
                    batch: int) -> dict:
     rng = np.random.default_rng(1)
@@ -159,15 +184,9 @@ def bench_training(cfg, tuner, num_variants: int, num_captions: int, steps: int,
     measured = timer.times[warmup:]
     median = statistics.median(measured)
 
-    counted = speed.step_flops(tuner, batch)
-    unet, text_encoder = tuner.unet, tuner.text_encoder
-    hw = tuner.latent_moments.shape[1]
-    length, width = text_encoder.spec.max_length, text_encoder.spec.width
-    unet_fwd = speed.call_flops(unet, ([batch, hw, hw, unet.spec.latent_channels], "float32"), ([batch], "int32"),
-                                ([batch, length, width], "float32"))
-    text_fwd = speed.call_flops(text_encoder, ([batch, length], "int32"))
+    counted = training_flops(tuner, batch)
     peak_dtype = PEAK_DTYPE[cfg.model.precision]
-    achieved = counted["flops"] / median
+    achieved = counted["flops_per_step"] / median
     return {
         "batch_size": batch,
         "first_step_s": timer.times[0],  # tracing + (XLA) compilation + one step
@@ -177,13 +196,7 @@ def bench_training(cfg, tuner, num_variants: int, num_captions: int, steps: int,
         "median_step_s": median,
         "images_per_s": batch / median,
         "step_traces": len(traces),
-        "flops_per_step": counted["flops"],
-        "flops_method": speed.FLOPS_METHOD,
-        "flops_by_op_type": counted.get("by_op_type"),
-        "unet_forward_flops": unet_fwd,
-        "text_encoder_forward_flops": text_fwd,
-        "step_over_forward": counted["flops"] / (unet_fwd + text_fwd),
-        "weight_gradients": counted.get("weight_gradients"),
+        **counted,
         "trainable_variables": [v.path for v in tuner.trainable_variables],
         "achieved_gflops": achieved / 1e9,
         "peak_dtype": peak_dtype,
@@ -208,8 +221,6 @@ def bench_sampling(cfg, tuner, tokenizer, source, num_steps: int, guidance: floa
         seconds = time.perf_counter() - start
     latent = renderer.latent_shape
     context = (2 * images, tuner.text_encoder.spec.max_length, tuner.text_encoder.spec.width)
-    unet_call = speed.call_flops(tuner.unet, ([2 * images, *latent], "float32"), ([2 * images], "int32"),
-                                 (context, "float32"))
     # One compiled UNet call (cond + uncond batch) alone: the rest of a sampling step is loop overhead.
     noise = np.random.default_rng(2)  # random inputs, not zeros: zeros can run faster than real data
     x, c = (noise.standard_normal(shape).astype("float32") for shape in ((2 * images, *latent), context))
@@ -221,8 +232,8 @@ def bench_sampling(cfg, tuner, tokenizer, source, num_steps: int, guidance: floa
         call_times.append(time.perf_counter() - start)
     unet_call_s = statistics.median(call_times)
     library = speed.library_calls(renderer._denoise, x, t, c)
-    decode = speed.call_flops(renderer.vae_decoder, ([images, *latent], "float32"))
-    flops = num_steps * unet_call + decode
+    counted = sampling_flops(tuner, latent, renderer.vae_decoder, num_steps, images)
+    flops = counted["flops_per_image"] * images
     peak_dtype = PEAK_DTYPE[cfg.model.precision]
     return {
         "num_steps": num_steps, "guidance_scale": guidance, "images": images,
@@ -231,7 +242,7 @@ def bench_sampling(cfg, tuner, tokenizer, source, num_steps: int, guidance: floa
         "unet_call_s": unet_call_s,
         "unet_call_library_kernels": library,
         "loop_overhead_share": max(0.0, 1 - (num_steps * unet_call_s) / seconds),
-        "flops_per_image": flops / images,
+        **counted,
         "achieved_gflops": flops / seconds / 1e9,
         "fraction_of_peak": flops / seconds / (peaks[peak_dtype]["gflops"] * 1e9),
         "peak_rss_gb": rss.gb,
@@ -278,6 +289,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-sizes", type=lambda text: [int(b) for b in text.split(",")], default=None,
                         help="time the step at each of these batch sizes (e.g. 1,8) with one model build; "
                              "default: trainer.batch_size")
+    parser.add_argument("--flops-only", action="store_true",
+                        help="count the FLOPs of the step at each batch size and of sampling, and run nothing (JAX "
+                             "counts every op of the lowered program on a CPU, not on a GPU: docs/gpu.md)")
     parser.add_argument("--no-training", action="store_true")
     parser.add_argument("--no-sampling", action="store_true")
     parser.add_argument("--keras-cv", action="store_true", help="also time keras-cv's StableDiffusion.generate_image")
@@ -341,6 +355,25 @@ def print_table(result: dict) -> None:
                   + ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in prof["top_ops"][:6]))
 
 
+def count_only(cfg, args, result: dict) -> dict:
+    """--flops-only: the FLOPs the timed run would divide by, for a run timed on another machine."""
+    from finetune.assembly import build_renderer
+
+    tuner, tokenizer, source, _, _ = build_trainer(cfg)
+    result["training_flops_by_batch"] = {str(b): training_flops(tuner, b) for b in args.batch_sizes or [cfg.trainer.batch_size]}
+    renderer = build_renderer(source, tokenizer, tuner.text_encoder, tuner.unet, cfg.data.resolution)
+    result["sampling_flops"] = sampling_flops(tuner, renderer.latent_shape, renderer.vae_decoder, args.sample_steps,
+                                              args.images)
+    print(f"\n{result['config']['summary']}  ({result['sampling_flops']['flops_method']})")
+    for batch, t in result["training_flops_by_batch"].items():
+        print(f"  train batch {batch:>3}: {t['flops_per_step'] / 1e9:10.1f} GFLOP per step ({t['step_over_forward']:.2f} x "
+              f"UNet {t['unet_forward_flops'] / 1e9:.1f} + text {t['text_encoder_forward_flops'] / 1e9:.1f} GFLOP forward)")
+    print(f"  sampling: {result['sampling_flops']['flops_per_image'] / 1e9:10.1f} GFLOP per image ({args.sample_steps} steps)")
+    if save(result, args.out):
+        print(f"wrote {args.out}")
+    return result
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from finetune.config import compose_config
@@ -355,6 +388,8 @@ def main(argv=None) -> dict:
                         "batch_size": cfg.trainer.batch_size, "precision": m.precision, "frozen_dtype": m.frozen_dtype,
                         "jit_compile": m.jit_compile, "num_vectors": cfg.token.num_vectors, "strategy": cfg.trainer.strategy}
 
+    if args.flops_only:
+        return count_only(cfg, args, result)
     dtypes = ["float32", "bfloat16"] + (["float16"] if m.precision == "mixed_float16" else [])
     result["matmul_peak"] = {d: speed.matmul_peak(d, args.matmul_size, args.matmul_repeats) for d in dtypes}
 

@@ -13,10 +13,19 @@ import numpy as np
 
 from finetune.benchmarks.timing import matmul_rate
 
-FLOPS_METHOD = ("XLA cost analysis of the lowered program, before XLA's optimizations (every op as written: "
-                "matmuls, convolutions, attention and the elementwise work; a convolution counts 2 x "
-                "multiply-adds). Counting before optimization keeps ops that a GPU compiler hands to a library "
-                "kernel (cuDNN's fused attention counts 0 in the compiled program's analysis), and compiles nothing")
+LOWERED_METHOD = ("XLA cost analysis of the lowered program, before XLA's optimizations (every op as written: "
+                  "matmuls, convolutions, attention and the elementwise work; a convolution counts 2 x "
+                  "multiply-adds): what a GPU compiler hands to a library kernel counts too, and nothing is compiled")
+COMPILED_METHOD = ("XLA cost analysis of the compiled program (this JAX analyses no lowered program on this device): "
+                   "the ops XLA hands to library kernels (cuBLAS matmuls, cuDNN convolutions and attention) count 0, "
+                   "so this undercounts; count on a CPU with --flops-only (docs/gpu.md)")
+
+
+def flops_method() -> str:
+    """How this JAX and device count FLOPs: the lowered program where it can analyse one (JAX on a CPU), else
+    the compiled one (JAX 0.11 on a GPU)."""
+    probe = jax.jit(lambda x: x @ x).lower(jax.ShapeDtypeStruct((2, 2), jnp.float32))
+    return LOWERED_METHOD if probe.cost_analysis() is not None else COMPILED_METHOD
 
 
 def versions() -> dict:
@@ -35,7 +44,7 @@ def matmul_peak(dtype: str, size: int, repeats: int) -> dict:
 
 def _flops(lowered) -> int:
     analysis = lowered.cost_analysis()
-    if analysis is None:  # JAX 0.11 on a GPU analyses only compiled programs (where library kernels count 0)
+    if analysis is None:  # flops_method() says which
         analysis = lowered.compile().cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older JAX: one dict per device program
         analysis = analysis[0]

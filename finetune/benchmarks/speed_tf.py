@@ -19,6 +19,10 @@ MATMUL_LIKE = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsu
 FLOPS_METHOD = "graph: 2 x multiply-adds of the live MatMul/BatchMatMul/Einsum/Conv2D(+backprop) ops of the traced function"
 
 
+def flops_method() -> str:
+    return FLOPS_METHOD
+
+
 def versions() -> dict:
     return {"tensorflow": tf.__version__}
 
