@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -89,9 +91,53 @@ def test_render_equals_tensorflow(runs):
 
 def test_step_and_render_import_no_tensorflow(runs, tmp_path):
     assert result(runs["jax"])["modules"] == []
-    done = run_backend("jax", tmp_path, "--no-tensorflow")  # as on a GPU machine without TensorFlow
+    done = run_backend("jax", tmp_path / "a", "--no-tensorflow")  # as on a GPU machine without TensorFlow
     assert "No module named 'tensorflow'" not in done.stderr
-    assert np.load(tmp_path / "gradient.npy").shape == (1, 64)
+    assert np.load(tmp_path / "a" / "gradient.npy").shape == (1, 64)
+
+    # scripts/gpu_check.py, which compares such a run made on a GPU with one made here: this run as "a" and the
+    # module's JAX run (TensorFlow importable) as "b" are the same program on the same CPU, so the same bits
+    shutil.copytree(runs["jax"], tmp_path / "b", ignore=shutil.ignore_patterns("runs", "vectors-*"))
+    with tarfile.open(tmp_path / "tiny-gpu.tar", "w") as tar:
+        for name in ("a", "b"):
+            tar.add(tmp_path / name, arcname=name)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from gpu_check import compare
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    a, b = compare(tmp_path / "tiny-gpu.tar", runs["tensorflow"])  # against TensorFlow: within the backends' 1e-5
+    assert (a["run"], b["run"]) == ("a", "b") and b["bitwise_equal_to_a"] is True
+    assert a["loss_rel"] <= 1e-5
+    assert a["gradient_rel"] <= 1e-5 and a["render_max_abs"] <= 2e-3
+
+
+def test_benchmark_counts_flops_without_running_on_jax(tmp_path):
+    """--flops-only (how docs/gpu.md counts the FLOPs a GPU's compiled program hides): XLA's count of the lowered
+    programs, which scales with the batch, is about twice the forward, and adds up for sampling."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = tmp_path / "flops.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "model=tiny_random",
+                           "--batch-sizes", "1,4", "--sample-steps", "10", "--flops-only", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counted = json.loads(out.read_text())
+    one, four = (counted["training_flops_by_batch"][b] for b in ("1", "4"))
+    assert 3.5 <= four["flops_per_step"] / one["flops_per_step"] <= 4.5
+    assert 1.8 <= one["step_over_forward"] <= 2.2
+    assert "lowered program" in one["flops_method"]
+    sampling = counted["sampling_flops"]
+    assert sampling["flops_per_image"] == 10 * sampling["unet_call_flops"] + sampling["decode_flops"] > 0
+    assert "matmul_peak" not in counted and "training" not in counted  # nothing ran
+
+
+def test_determinism_asks_xla_for_deterministic_gpu_ops_once():
+    code = ("import os; from finetune.backends import enable_determinism; enable_determinism(); enable_determinism(); "
+            "print(os.environ['XLA_FLAGS'])")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["--xla_force_host_platform_device_count=1", "--xla_gpu_deterministic_ops=true"]
 
 
 def test_train_command_on_jax_with_early_stopping(tmp_path):
