@@ -197,3 +197,21 @@ def test_mirrored_on_two_jax_cpu_devices_equals_one_device(tmp_path):
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
     single, mirrored = np.array(one["vectors"]), np.array(two["vectors"])
     assert np.abs(mirrored - single).max() <= 5e-5 * np.abs(single).max()
+
+
+def test_a_refused_cudnn_attention_is_one_line_not_a_traceback_per_layer():
+    """What Keras logs (absl) each time JAX refuses cuDNN's flash attention for a shape, as seen on an H100."""
+    code = ("import logging; logging.basicConfig(level=logging.INFO); import finetune.backends.jax_backend\n"
+            "from absl import logging as absl_logging\n"
+            "for _ in range(3):\n"
+            "    try:\n"
+            "        raise NotImplementedError('Unsupported sequence length Q 4096, KV 77.')\n"
+            "    except NotImplementedError:\n"
+            "        absl_logging.exception('Failed to apply cudnn implementation of jax.nn.dot_product_attention.')\n"
+            "absl_logging.error('another absl error')")
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Failed to apply" not in done.stderr
+    assert done.stderr.count("cuDNN flash attention refused (Unsupported sequence length Q 4096, KV 77.)") == 1
+    assert "another absl error" in done.stderr

@@ -14,6 +14,31 @@ from jax._src import xla_bridge  # backends_are_initialized: no public equivalen
 log = logging.getLogger(__name__)
 
 
+class QuietAttentionFallback(logging.Filter):
+    """Keras asks JAX for cuDNN's flash attention first and, where JAX refuses the shapes (the 77-token
+    cross-attention in training on JAX 0.11: docs/gpu.md), logs a traceback before it falls back to XLA's
+    attention, which XLA's GPU compiler maps onto cuDNN's fused attention anyway: a traceback per layer at
+    every compilation. This turns them into one line per process, with JAX's reason."""
+
+    PREFIX = "Failed to apply cudnn implementation of jax.nn.dot_product_attention"
+
+    def __init__(self):
+        super().__init__()
+        self.told = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(self.PREFIX):
+            return True
+        if not self.told:
+            reason = record.exc_info[1] if record.exc_info else None
+            log.info("cuDNN flash attention refused (%s): XLA's attention is used where it is (logged once)", reason)
+            self.told = True
+        return False
+
+
+logging.getLogger("absl").addFilter(QuietAttentionFallback())  # the logger Keras' JAX attention reports to
+
+
 def compiled_call(model, jit_compile: bool = True):
     """JAX always compiles (XLA); `jit_compile` is TensorFlow's switch and is ignored here."""
 
