@@ -62,7 +62,7 @@ DETERMINISTIC_GPU_OPS = "--xla_gpu_deterministic_ops=true"
 def enable_determinism() -> None:
     """XLA on CPU is deterministic. On a GPU, XLA may pick among kernels and reduce with atomics unless
     `--xla_gpu_deterministic_ops` is set, and XLA reads its flags once, when JAX starts its backends:
-    so this adds the flag to XLA_FLAGS before that (docs/gpu.md, measured there)."""
+    so this adds the flag to XLA_FLAGS before that (docs/gpu.md)."""
     flags = os.environ.get("XLA_FLAGS", "")
     if DETERMINISTIC_GPU_OPS in flags:
         return
