@@ -46,3 +46,27 @@ def test_no_test_installs_system_packages():
                  if re.search(r"\b(apt-get|apt|dnf|yum|apk|brew)\b.*\binstall\b", line)]
     assert not offenders, offenders
     assert "apt-get install" in (TESTS.parent / ".ci" / "run").read_text()  # the one place that does
+
+
+GROUPED = """
+import os
+import pytest
+
+pytestmark = pytest.mark.xdist_group("one")
+
+
+@pytest.mark.parametrize("i", range(6))
+def test_where(i):
+    with open("workers.txt", "a") as f:
+        f.write(os.environ["PYTEST_XDIST_WORKER"] + "\\n")
+"""
+
+
+def test_an_xdist_group_runs_on_one_worker(pytester):
+    """The suite's expensive module fixtures are shared by grouping their tests (pyproject's -n 2 --dist
+    loadgroup); with a pytest that breaks grouping, each worker would build them again."""
+    pytester.makepyfile(test_grouped=GROUPED, test_other="def test_a(): pass\ndef test_b(): pass\n")
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=8)
+    workers = (pytester.path / "workers.txt").read_text().split()
+    assert len(workers) == 6 and len(set(workers)) == 1, workers
