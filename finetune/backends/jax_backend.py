@@ -15,10 +15,10 @@ log = logging.getLogger(__name__)
 
 
 class QuietAttentionFallback(logging.Filter):
-    """Keras asks JAX for cuDNN's flash attention first and, where JAX refuses the shapes (the 77-token
-    cross-attention in training on JAX 0.11: docs/gpu.md), logs a traceback before it falls back to XLA's
-    attention, which XLA's GPU compiler maps onto cuDNN's fused attention anyway: a traceback per layer at
-    every compilation. This turns them into one line per process, with JAX's reason."""
+    """Keras asks JAX for cuDNN's flash attention first and, where JAX refuses the shapes (attention over
+    the 77 text tokens in a training step on JAX 0.11: docs/gpu.md), logs a traceback before it falls back
+    to XLA's attention: a traceback per layer at every compilation. This turns them into one line per
+    process, with JAX's reason."""
 
     PREFIX = "Failed to apply cudnn implementation of jax.nn.dot_product_attention"
 

@@ -5,6 +5,7 @@ Imports no TensorFlow: this is what runs on a GPU machine that has JAX only (doc
 from __future__ import annotations
 
 import collections
+import functools
 import re
 
 import jax
@@ -21,6 +22,7 @@ COMPILED_METHOD = ("XLA cost analysis of the compiled program (this JAX analyses
                    "so this undercounts; count on a CPU with --flops-only (docs/gpu.md)")
 
 
+@functools.cache
 def flops_method() -> str:
     """How this JAX and device count FLOPs: the lowered program where it can analyse one (JAX on a CPU), else
     the compiled one (JAX 0.11 on a GPU)."""
