@@ -29,8 +29,10 @@ on a GPU machine that has JAX only: docs/gpu.md).
    (`download_weights=False` components set on the `StableDiffusion` object: keras-cv's constructor
    would download weights and its tokenizer; `generate_image` itself needs neither, and the prompt
    is encoded by keras-cv's text encoder from this project's token ids);
-5. with --profile (TensorFlow): one more training step and one UNet call under the TensorFlow profiler,
-   and the time per op type, to show where the time goes.
+5. with --profile: training steps (at the last --batch-sizes) and UNet calls under the backend's
+   profiler, to show where the time goes: TensorFlow, the time per op type; JAX, the device's (the
+   GPU's kernels, or a CPU's XLA ops) time per op category, XLA op and kernel, and the share of the
+   wall time the device was busy (finetune/benchmarks/speed_jax.py).
 
 It prints a table and writes everything to --out (JSON).
 """
@@ -167,7 +169,8 @@ def sampling_flops(tuner, latent: tuple, vae_decoder, num_steps: int, images: in
 
 
 def bench_training(cfg, tuner, num_variants: int, num_captions: int, steps: int, warmup: int, peaks: dict,
-                   batch: int) -> dict:
+                   batch: int, counted: dict | None = None) -> dict:
+    """Median step time at `batch`; FLOPs counted here unless `counted` (training_flops' result) is given."""
     rng = np.random.default_rng(1)
     n = (steps + warmup + 1) * batch
     rows = np.stack([rng.integers(0, num_variants, n), rng.integers(0, num_captions, n)], axis=1)  # VARIANT, CAPTION
@@ -184,7 +187,7 @@ def bench_training(cfg, tuner, num_variants: int, num_captions: int, steps: int,
     measured = timer.times[warmup:]
     median = statistics.median(measured)
 
-    counted = training_flops(tuner, batch)
+    counted = counted or training_flops(tuner, batch)
     peak_dtype = PEAK_DTYPE[cfg.model.precision]
     achieved = counted["flops_per_step"] / median
     return {
@@ -206,7 +209,8 @@ def bench_training(cfg, tuner, num_variants: int, num_captions: int, steps: int,
     }
 
 
-def bench_sampling(cfg, tuner, tokenizer, source, num_steps: int, guidance: float, images: int, peaks: dict) -> tuple[dict, object]:
+def bench_sampling(cfg, tuner, tokenizer, source, num_steps: int, guidance: float, images: int, peaks: dict,
+                   counted: dict | None = None) -> tuple[dict, object]:
     from finetune.assembly import build_renderer
     from finetune.sampling import SamplerSettings
 
@@ -232,7 +236,7 @@ def bench_sampling(cfg, tuner, tokenizer, source, num_steps: int, guidance: floa
         call_times.append(time.perf_counter() - start)
     unet_call_s = statistics.median(call_times)
     library = speed.library_calls(renderer._denoise, x, t, c)
-    counted = sampling_flops(tuner, latent, renderer.vae_decoder, num_steps, images)
+    counted = counted or sampling_flops(tuner, latent, renderer.vae_decoder, num_steps, images)
     flops = counted["flops_per_image"] * images
     peak_dtype = PEAK_DTYPE[cfg.model.precision]
     return {
@@ -292,13 +296,21 @@ def parse_args(argv=None):
     parser.add_argument("--flops-only", action="store_true",
                         help="count the FLOPs of the step at each batch size and of sampling, and run nothing (JAX "
                              "counts every op of the lowered program on a CPU, not on a GPU: docs/gpu.md)")
+    parser.add_argument("--flops-from", type=Path, default=None,
+                        help="take the FLOPs from this --flops-only JSON of the same config (counted on a CPU) "
+                             "instead of counting them here: on a GPU JAX can only count compiled programs, which "
+                             "undercount and cost a compile each")
     parser.add_argument("--no-training", action="store_true")
     parser.add_argument("--no-sampling", action="store_true")
     parser.add_argument("--keras-cv", action="store_true", help="also time keras-cv's StableDiffusion.generate_image")
     parser.add_argument("--keras-cv-jit", choices=("true", "false", "both"), default="false",
                         help="keras-cv's jit_compile: its own default is true, but on CPU its XLA-compiled UNet is "
                              "several times slower than without, so false is the fair comparison there")
-    parser.add_argument("--profile", action="store_true", help="time per op type of one step and one UNet call")
+    parser.add_argument("--profile", action="store_true",
+                        help="where the time goes in training steps and UNet calls: time per op type (TensorFlow), "
+                             "per op category, XLA op and kernel (JAX, on the GPU where there is one)")
+    parser.add_argument("--profile-dir", type=Path, default=None,
+                        help="keep the profiler's files here (JAX: a Perfetto trace); default: a temporary folder")
     parser.add_argument("--matmul-size", type=int, default=4096)
     parser.add_argument("--matmul-repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
@@ -353,6 +365,10 @@ def print_table(result: dict) -> None:
         for part, prof in result["profile"].items():
             print(f"  profile {part}: {100 * (prof['matmul_conv_share'] or 0):.0f}% of op time in matmul/conv ops; top: "
                   + ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in prof["top_ops"][:6]))
+            if prof.get("by_category"):
+                print(f"    {prof['ops'] / prof['calls']:.0f} ops per call, {1e3 * prof['op_seconds_per_call']:.1f} ms of op "
+                      f"time per call, device busy {100 * prof['device_busy_share']:.0f}% of the wall time; by category: "
+                      + ", ".join(f"{o['op']} {100 * o['share']:.1f}%" for o in prof["by_category"]))
 
 
 def count_only(cfg, args, result: dict) -> dict:
@@ -374,6 +390,34 @@ def count_only(cfg, args, result: dict) -> dict:
     return result
 
 
+def counted_elsewhere(args, result: dict) -> dict:
+    """--flops-from: the FLOPs of a --flops-only run of this same config, by batch size and for sampling."""
+    empty = {"training": {}, "sampling": None}
+    if args.flops_from is None:
+        return empty
+    try:
+        counted = json.loads(args.flops_from.read_text())
+        theirs, by_batch = counted["config"], counted["training_flops_by_batch"]
+    except (OSError, ValueError, KeyError) as err:
+        raise SystemExit(f"--flops-from {args.flops_from}: not a `benchmark.py --flops-only` JSON ({err})") from None
+    ours = result["config"]
+    differ = [k for k in ("preset", "resolution", "precision", "frozen_dtype", "num_vectors") if theirs.get(k) != ours[k]]
+    if differ:
+        what = ", ".join(f"{k} {theirs.get(k)}, here {ours[k]}" for k in differ)
+        raise SystemExit(f"--flops-from {args.flops_from} counted another config ({what}): count this one with --flops-only")
+    missing = [b for b in (args.batch_sizes or [result["config"]["batch_size"]]) if str(b) not in by_batch]
+    if missing:
+        raise SystemExit(f"--flops-from {args.flops_from} has no count for batch size(s) {missing} (it has "
+                         f"{sorted(by_batch)}): count them with --flops-only --batch-sizes")
+    sampling = counted.get("sampling_flops")
+    if not args.no_sampling and (sampling is None or sampling["flops_per_image"] != (
+            args.sample_steps * sampling["unet_call_flops"] + sampling["decode_flops"]) / args.images):
+        raise SystemExit(f"--flops-from {args.flops_from} counted sampling for other steps or images: count it "
+                         f"with --flops-only --sample-steps {args.sample_steps} --images {args.images}")
+    result["flops_from"] = str(args.flops_from)
+    return {"training": by_batch, "sampling": sampling}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from finetune.config import compose_config
@@ -390,6 +434,7 @@ def main(argv=None) -> dict:
 
     if args.flops_only:
         return count_only(cfg, args, result)
+    counted = counted_elsewhere(args, result)
     dtypes = ["float32", "bfloat16"] + (["float16"] if m.precision == "mixed_float16" else [])
     result["matmul_peak"] = {d: speed.matmul_peak(d, args.matmul_size, args.matmul_repeats) for d in dtypes}
 
@@ -400,7 +445,7 @@ def main(argv=None) -> dict:
         batches = args.batch_sizes or [cfg.trainer.batch_size]
         for batch in batches:  # one model build, one compiled step per batch size
             measured = bench_training(cfg, tuner, num_variants, num_captions, args.steps, args.warmup,
-                                      result["matmul_peak"], batch)
+                                      result["matmul_peak"], batch, counted["training"].get(str(batch)))
             result.setdefault("training_by_batch", {})[str(batch)] = measured
         result["training"] = result["training_by_batch"][str(batches[-1])]
         if len(batches) > 1:
@@ -408,13 +453,14 @@ def main(argv=None) -> dict:
     renderer = None
     if not args.no_sampling:
         result["sampling"], renderer = bench_sampling(cfg, tuner, tokenizer, source, args.sample_steps, args.guidance, args.images,
-                                                      result["matmul_peak"])
+                                                      result["matmul_peak"], counted["sampling"])
     if args.profile:
         import tempfile
 
+        batch = (args.batch_sizes or [cfg.trainer.batch_size])[-1]  # the step compiled last
         with tempfile.TemporaryDirectory() as tmp:
-            result["profile"] = speed.profile(None if args.no_training else tuner, renderer, cfg.trainer.batch_size,
-                                              Path(tmp))
+            result["profile"] = speed.profile(None if args.no_training else tuner, renderer, batch,
+                                              args.profile_dir or Path(tmp))
     result["peak_rss_gb_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB
     if args.keras_cv:
         if m.preset != "sd_v1":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import functools
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +92,112 @@ def device_memory() -> dict | None:
             "bytes_limit": int(stats.get("bytes_limit", 0))}
 
 
-def profile(tuner, renderer, batch_size: int, logdir) -> dict:
-    """Op profiles are TensorFlow's here (--profile); on JAX use jax.profiler with TensorBoard."""
-    return {}
+# What a device op is, from its XLA op name (`hlo_op`) and, on a GPU, its kernel's name; first match wins.
+# The names are XLA's and the libraries' (cuDNN's fused attention `fmha`/`sdpa`, its convolutions
+# `fprop`/`dgrad`/`wgrad`, cuBLAS' `gemm`/`nvjet`); anything unmatched counts as "other".
+OP_CATEGORIES = (
+    ("attention (cuDNN fused)", r"fmha|sdpa|flash"),
+    ("convolution", r"conv(?!ert)|fprop|dgrad|wgrad"),  # not "convert"
+    ("matmul", r"gemm|cublas|nvjet|\bdot|matmul|ynn"),  # ynn: XLA CPU's YNNPACK fusions around a dot
+    ("reduction fusion (norms, softmax, sums)", r"reduce|softmax|norm"),
+    ("copy, transpose, slice", r"copy|transpose|slice|concatenate|pad|memcpy|memset"),
+    ("elementwise fusion", r"fusion"),
+)
+
+
+def category(hlo_op: str, kernel: str = "") -> str:
+    text = f"{hlo_op} {kernel}".lower()
+    return next((name for name, pattern in OP_CATEGORIES if re.search(pattern, text)), "other")
+
+
+def device_ops(trace: dict) -> tuple[list[dict], str]:
+    """The executed device ops of a Perfetto trace (`jax.profiler.trace(..., create_perfetto_trace=True)`):
+    the GPU's kernels where the trace has a GPU, else the host's XLA ops (a CPU). Each: hlo_op, kernel, start
+    and duration in seconds, stream."""
+    events = trace["traceEvents"]
+    names = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") in ("process_name", "thread_name")}
+    gpu = {pid for (pid, tid), name in names.items() if tid is None and name.startswith("/device:GPU")}
+    # A GPU's kernels are on its "Stream #..." lines; its other lines repeat them per XLA op or module.
+    streams = {key for key, name in names.items() if key[0] in gpu and key[1] is not None and name.startswith("Stream")}
+    where = "gpu" if gpu else "host"
+    ops = []
+    for e in events:
+        if e.get("ph") != "X" or (gpu and (e["pid"], e.get("tid")) not in streams):
+            continue
+        args = e.get("args", {})
+        if "hlo_op" not in args and not gpu:
+            continue  # on the host only XLA's op events are ops (the rest is Python and runtime)
+        ops.append({"hlo_op": args.get("hlo_op", e["name"]), "kernel": e["name"], "start": e["ts"] * 1e-6,
+                    "seconds": e.get("dur", 0.0) * 1e-6, "stream": names.get((e["pid"], e.get("tid")))})
+    return ops, where
+
+
+def busy_seconds(ops: list[dict]) -> float:
+    """Time during which at least one op ran (overlapping ops on several streams counted once)."""
+    busy, end = 0.0, float("-inf")
+    for start, stop in sorted((o["start"], o["start"] + o["seconds"]) for o in ops):
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    return busy
+
+
+def op_time_summary(ops: list[dict], wall: float, calls: int, top: int = 25) -> dict:
+    """Op time by category, by XLA op and by kernel; the share of the wall time the device was busy."""
+    total = sum(o["seconds"] for o in ops)
+    by = {"category": collections.Counter(), "hlo_op": collections.Counter(), "kernel": collections.Counter()}
+    for o in ops:
+        by["category"][category(o["hlo_op"], o["kernel"])] += o["seconds"]
+        by["hlo_op"][o["hlo_op"]] += o["seconds"]
+        by["kernel"][o["kernel"]] += o["seconds"]
+
+    def ranked(counter, n=None):
+        return [{"op": k, "seconds_per_call": round(t / calls, 6), "share": round(t / total, 4) if total else None}
+                for k, t in counter.most_common(n)]
+
+    matmul_conv = sum(t for k, t in by["category"].items() if k in ("matmul", "convolution", "attention (cuDNN fused)"))
+    return {"wall_s": wall, "calls": calls, "ops": len(ops), "streams": sorted({str(o["stream"]) for o in ops}),
+            "op_seconds_total": total,
+            "op_seconds_per_call": total / calls, "device_busy_share": busy_seconds(ops) / wall if wall else None,
+            "matmul_conv_share": matmul_conv / total if total else None,
+            "by_category": ranked(by["category"]), "top_ops": ranked(by["hlo_op"], top),
+            "top_kernels": ranked(by["kernel"], top)}
+
+
+def traced(run, logdir: Path, calls: int) -> dict:
+    """Run `run()` (`calls` steps or calls, finished when it returns) under JAX's profiler; op_time_summary."""
+    import gzip
+    import json
+    import time
+
+    logdir.mkdir(parents=True, exist_ok=True)
+    options = jax.profiler.ProfileOptions()
+    options.python_tracer_level = 0  # Python's own calls would slow the host down and fill the trace
+    with jax.profiler.trace(str(logdir), create_perfetto_trace=True, profiler_options=options):
+        start = time.perf_counter()
+        run()
+        wall = time.perf_counter() - start
+    trace_file = sorted(logdir.glob("plugins/profile/*/perfetto_trace.json.gz"))[-1]
+    ops, where = device_ops(json.loads(gzip.decompress(trace_file.read_bytes())))
+    return {"where": where, "trace": str(trace_file), **op_time_summary(ops, wall, calls)}
+
+
+def profile(tuner, renderer, batch_size: int, logdir, steps: int = 5) -> dict:
+    """Where the time goes: `steps` training steps at `batch_size` (compiled already, when the benchmark timed
+    that batch size) and 3 UNet calls of the renderer (cond + uncond, random inputs) under JAX's profiler."""
+    logdir = Path(logdir)
+    out = {}
+    if tuner is not None:
+        rows = np.zeros([steps * batch_size, 2], "int32")  # (variant, caption) 0: indices into the cached latents
+        out["train_step"] = traced(lambda: tuner.fit(rows, batch_size=batch_size, epochs=1, verbose=0, shuffle=False),
+                                   logdir / "train", steps)
+    if renderer is not None:
+        noise = np.random.default_rng(2)
+        context = (2, renderer.text_encoder.spec.max_length, renderer.text_encoder.spec.width)
+        x, c = (noise.standard_normal(shape).astype("float32") for shape in ((2, *renderer.latent_shape), context))
+        t = np.full((2,), 500, "int32")
+        np.asarray(renderer._denoise(x, t, c))  # compiled before the trace
+        out["sampling_unet_call"] = traced(lambda: [np.asarray(renderer._denoise(x, t, c)) for _ in range(3)],
+                                           logdir / "sample", 3)
+    return out
