@@ -3,7 +3,7 @@
 # the project's root, with the wheels of `../shared/gpu/prepare.sh hydra-core==1.3.2 omegaconf==2.3.0` (+ the
 # antlr4 wheel built here) in .whl/. Writes $OUT/bench-sd_v1-512.json, $OUT/tiny-gpu.tar and $OUT/log;
 # `python scripts/gpu_check.py <that tar>` compares the tiny model's GPU results with this machine's CPU.
-# `bash scripts/gpu_bench.sh [all|speed|correctness|profile]` (all: speed and correctness). RUNS="a b" picks the
+# `bash scripts/gpu_bench.sh [all|speed|correctness|profile|xla-flags]` (all: speed and correctness). RUNS="a b" picks the
 # correctness part's runs (default: a b highest).
 set -euo pipefail
 PART=${1:-all}
@@ -29,6 +29,22 @@ if [ "$PART" = profile ]; then
         --profile-dir /tmp/profile $FLOPS --matmul-size 8192 --matmul-repeats 10 \
         --out "$OUT/profile-sd_v1-512-b8.json" 2>&1 | tee -a "$OUT/log"
     cp /tmp/profile/train/plugins/profile/*/perfetto_trace.json.gz "$OUT/trace-train-b8.json.gz"
+    exit 0
+fi
+# XLA flags: the batch-8 step timed as in Speed with XLA's defaults and with each ';'-separated set of flags in
+# $VARIANTS (e.g. VARIANTS="--xla_gpu_enable_command_buffer=+CONVOLUTION"), one process each, on one machine;
+# the last variant also under the profiler.
+if [ "$PART" = xla-flags ]; then
+    IFS=';' read -ra sets <<< "${VARIANTS:?set VARIANTS}"
+    for i in default "${!sets[@]}"; do
+        flags=$([ "$i" = default ] && echo "" || echo "${sets[$i]}")
+        profile=$([ "$i" = "$((${#sets[@]} - 1))" ] && echo "--profile --profile-dir /tmp/profile-$i" || echo "")
+        echo "== XLA_FLAGS: ${flags:-(defaults)}" | tee -a "$OUT/log"
+        all=$(echo ${XLA_FLAGS:-} $flags)  # XLA reads a value that does not start with "--" as a file name
+        env ${all:+XLA_FLAGS="$all"} python3 scripts/benchmark.py $SD --batch-sizes 8 --steps 20 --warmup 2 \
+            --no-sampling $profile $FLOPS --matmul-size ${MATMUL:-8192} --matmul-repeats 3 \
+            --out "$OUT/xla-flags-$i.json" 2>&1 | grep -E "^  |rror" | tee -a "$OUT/log" || echo "== failed" | tee -a "$OUT/log"
+    done
     exit 0
 fi
 # Correctness: the tiny model's first step (loss, gradient) and a 25-step render (tests/backend_runs.py, which
