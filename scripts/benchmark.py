@@ -392,9 +392,8 @@ def count_only(cfg, args, result: dict) -> dict:
 
 def counted_elsewhere(args, result: dict) -> dict:
     """--flops-from: the FLOPs of a --flops-only run of this same config, by batch size and for sampling."""
-    empty = {"training": {}, "sampling": None}
     if args.flops_from is None:
-        return empty
+        return {"training": {}, "sampling": None}
     try:
         counted = json.loads(args.flops_from.read_text())
         theirs, by_batch = counted["config"], counted["training_flops_by_batch"]

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The GPU benchmark and checks of docs/gpu.md, run on a lent device machine (JAX, no TensorFlow, no network) from
 # the project's root, with the wheels of `../shared/gpu/prepare.sh hydra-core==1.3.2 omegaconf==2.3.0` (+ the
-# antlr4 wheel built here) in .whl/. Writes $OUT/bench-sd_v1-512.json, $OUT/tiny-gpu.tar and $OUT/log;
+# antlr4 wheel built here) in .whl/. Writes $OUT/log and, by part, $OUT/bench-sd_v1-512.json, $OUT/tiny-gpu.tar,
+# $OUT/profile-sd_v1-512-b8.json + trace-train-b8.json.gz, $OUT/xla-flags-*.json;
 # `python scripts/gpu_check.py <that tar>` compares the tiny model's GPU results with this machine's CPU.
 # `bash scripts/gpu_bench.sh [all|speed|correctness|profile|xla-flags]` (all: speed and correctness). RUNS="a b" picks the
 # correctness part's runs (default: a b highest).
 set -euo pipefail
 PART=${1:-all}
+case $PART in all | speed | correctness | profile | xla-flags) ;; *) echo "unknown part: $PART" >&2; exit 2 ;; esac
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 OUT=${OUT:-/tmp/out}
