@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import collections
 import functools
+import gzip
+import json
 import re
+import time
 from pathlib import Path
 
 import jax
@@ -103,6 +106,7 @@ OP_CATEGORIES = (
     ("copy, transpose, slice", r"copy|transpose|slice|concatenate|pad|memcpy|memset"),
     ("elementwise fusion", r"fusion"),
 )
+LIBRARY_CATEGORIES = tuple(name for name, _ in OP_CATEGORIES[:3])  # matmul-like work: attention, convolution, matmul
 
 
 def category(hlo_op: str, kernel: str = "") -> str:
@@ -156,7 +160,7 @@ def op_time_summary(ops: list[dict], wall: float, calls: int, top: int = 25) -> 
         return [{"op": k, "seconds_per_call": round(t / calls, 6), "share": round(t / total, 4) if total else None}
                 for k, t in counter.most_common(n)]
 
-    matmul_conv = sum(t for k, t in by["category"].items() if k in ("matmul", "convolution", "attention (cuDNN fused)"))
+    matmul_conv = sum(t for k, t in by["category"].items() if k in LIBRARY_CATEGORIES)
     return {"wall_s": wall, "calls": calls, "ops": len(ops), "streams": sorted({str(o["stream"]) for o in ops}),
             "op_seconds_total": total,
             "op_seconds_per_call": total / calls, "device_busy_share": busy_seconds(ops) / wall if wall else None,
@@ -166,11 +170,8 @@ def op_time_summary(ops: list[dict], wall: float, calls: int, top: int = 25) -> 
 
 
 def traced(run, logdir: Path, calls: int) -> dict:
-    """Run `run()` (`calls` steps or calls, finished when it returns) under JAX's profiler; op_time_summary."""
-    import gzip
-    import json
-    import time
-
+    """Run `run()` (`calls` steps or calls, finished when it returns) under JAX's profiler; op_time_summary.
+    The wall time is the whole of `run()`, a fit's setup and end included."""
     logdir.mkdir(parents=True, exist_ok=True)
     options = jax.profiler.ProfileOptions()
     options.python_tracer_level = 0  # Python's own calls would slow the host down and fill the trace
@@ -178,7 +179,7 @@ def traced(run, logdir: Path, calls: int) -> dict:
         start = time.perf_counter()
         run()
         wall = time.perf_counter() - start
-    trace_file = sorted(logdir.glob("plugins/profile/*/perfetto_trace.json.gz"))[-1]
+    trace_file = max(logdir.glob("plugins/profile/*/perfetto_trace.json.gz"))  # the newest run folder
     ops, where = device_ops(json.loads(gzip.decompress(trace_file.read_bytes())))
     return {"where": where, "trace": str(trace_file), **op_time_summary(ops, wall, calls)}
 
