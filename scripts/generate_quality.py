@@ -5,7 +5,10 @@
 
 Fixed seeds: sample i uses toy-world scene seed i and noise seed i. The toy world's checker reads
 the attributes back from the pixels; the tiny CLIP judge gives CLIP-I to the concept's images.
-  img2img     a render of shape S in color C, prompt "a <other color> <other shape>", 6 strengths
+  img2img     a render of shape S in color C, prompt "a <other color> <other shape>", 6 strengths; also
+              at guidance 1, with a prompt that keeps S and C ("a <C> <S> on a yellow background"), and
+              with the tiny UNet replaced by the exact denoiser of 8192 toy-world scenes (what a model
+              that learned the toy world perfectly would do)
   inpaint     a two-shape render, a box over its right half, a prompt for another shape there
               ("a green star on the right on a white background")
   outpaint    32 px added on the right: are the original pixels exactly where they were
@@ -16,8 +19,8 @@ the attributes back from the pixels; the tiny CLIP judge gives CLIP-I to the con
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -61,43 +64,93 @@ def rate(measured, **want) -> float:
     return float(np.mean([all(m.get(k) == v for k, v in want.items()) for m in measured]))
 
 
-def img2img(gen, n: int, guidance_scale: float | None = None, strengths=STRENGTHS) -> dict:
+# What the img2img prompt names, from the input's (S, C) and the pair's other shape and color:
+# "conflicting" is the issue's gate (another shape and color); "keeping" asks for a change that does
+# not contradict the input (the input's shape and color on a yellow background).
+IMG2IMG_PROMPTS = {
+    "conflicting": lambda s, c, other_s, other_c: {"shape": other_s, "color": other_c},
+    "keeping": lambda s, c, other_s, other_c: {"shape": s, "color": c, "background": "yellow"},
+}
+EXACT_POOL = 8192  # toy-world scenes the exact denoiser knows (docs/generate.md)
+
+
+def exact_pool(gen, size: int = EXACT_POOL, seed: int = 99):
+    """Latents [size, h, w, c] and scenes of `size` random toy-world renders (the pretraining distribution)."""
+    from finetune.sampling.img2img import encode_latents
+    from finetune.toyworld import dataset
+
+    images, _, scenes = dataset.generate(size, seed=seed)
+    latents = np.concatenate([encode_latents(gen.encoder, images[i:i + 512]) for i in range(0, size, 512)])
+    return latents, scenes
+
+
+def exact_denoiser(pool, wants: list[dict]):
+    """(denoise_fn, contexts, uncond) for the sampling loop that run the exact denoiser of `pool`:
+    row b's context is b, conditioned on the pool scenes that have every attribute of wants[b]; the
+    unconditional context is -1, the whole pool."""
+    from finetune.diffusion.exact import exact_eps
+    from finetune.diffusion.schedule import NoiseSchedule
+
+    latents, scenes = pool
+    alphas = NoiseSchedule().alphas_cumprod
+    subsets = [latents[[all(getattr(sc, k) == v for k, v in want.items()) for sc in scenes]] for want in wants]
+
+    def denoise_fn(x, t, context):
+        rows = np.asarray(context)[:, 0, 0].astype(int)
+        return np.stack([exact_eps(x[b], alphas[int(t[b])], subsets[r] if r >= 0 else latents)
+                         for b, r in enumerate(rows)])
+
+    contexts = np.arange(len(wants), dtype=np.float32).reshape(-1, 1, 1)
+    return denoise_fn, contexts, np.full((1, 1, 1), -1.0, np.float32)
+
+
+def img2img(gen, n: int, guidance_scale: float | None = None, strengths=STRENGTHS, prompt: str = "conflicting",
+            pool=None) -> dict:
+    """Rates over `n` inputs per strength: the input's shape and color read back (`input_kept`), every
+    attribute the prompt names read (`prompt_read`), the mean pixel distance to the input. With `pool`
+    (from `exact_pool`) the exact denoiser of those scenes replaces the tiny UNet."""
     from finetune.evaluation.scores import measure_images
     from finetune.sampling.img2img import encode_latents, img2img_latents
+    from finetune.sampling.loop import denoise
     from finetune.toyworld.captions import describe
     from finetune.toyworld.render import Scene, render
 
     pairs = [IMG2IMG_PAIRS[i % len(IMG2IMG_PAIRS)] for i in range(n)]
+    wants = [IMG2IMG_PROMPTS[prompt](*pair) for pair in pairs]
     inputs = np.stack([render(Scene(s, c, "large", "center", "white", "plain", seed=i))
                        for i, (s, c, _, _) in enumerate(pairs)])
-    prompts = [describe({"color": oc, "shape": os_}) for _, _, os_, oc in pairs]
-    init = encode_latents(gen.encoder, inputs)
-    contexts, uncond, noise = gen.encode(prompts), gen.encode([""]), gen.renderer.noise(range(n))
-    if guidance_scale is not None:
-        gen = copy.copy(gen)
-        gen.settings = dataclasses.replace(gen.settings, guidance_scale=guidance_scale)
+    init, noise = encode_latents(gen.encoder, inputs), gen.renderer.noise(range(n))
+    settings = gen.settings if guidance_scale is None else dataclasses.replace(gen.settings,
+                                                                               guidance_scale=guidance_scale)
+    if pool is None:
+        denoise_fn, contexts, uncond = gen.renderer.denoise_fn, gen.encode([describe(w) for w in wants]), gen.encode([""])
+    else:
+        denoise_fn, contexts, uncond = exact_denoiser(pool, wants)
+
+    def rates(images) -> dict:
+        measured = measure_images(images)
+        return {"input_kept": float(np.mean([m.get("shape") == s and m.get("color") == c
+                                             for m, (s, c, _, _) in zip(measured, pairs)])),
+                "prompt_read": float(np.mean([all(m.get(k) == v for k, v in want.items())
+                                              for m, want in zip(measured, wants)]))}
+
     rows = {}
     for strength in strengths:
-        latents = img2img_latents(gen.renderer.denoise_fn, gen.settings, init, noise, [contexts], uncond, strength,
-                                  progress=False)
-        images = gen.decode(latents)
-        measured = measure_images(images)
-        rows[str(strength)] = {
-            "input_kept": float(np.mean([m.get("shape") == s and m.get("color") == c
-                                         for m, (s, c, _, _) in zip(measured, pairs)])),
-            "prompt_read": float(np.mean([m.get("shape") == os_ and m.get("color") == oc
-                                          for m, (_, _, os_, oc) in zip(measured, pairs)])),
-            "mean_pixel_distance": float(np.abs(images.astype(np.float32) - inputs).mean() / 255),
-        }
-    # the tiny model's text-to-image rate for the same prompts and seeds (an ordinary txt2img run)
-    from finetune.sampling.loop import denoise
-
-    txt = measure_images(gen.decode(denoise(gen.renderer.denoise_fn, gen.settings, noise, [contexts], uncond,
-                                            progress=False)))
-    distances = [rows[str(s)]["mean_pixel_distance"] for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    return {"guidance_scale": gen.settings.guidance_scale, "strengths": rows, "txt2img_prompt_read": float(np.mean(
-        [m.get("shape") == os_ and m.get("color") == oc for m, (_, _, os_, oc) in zip(txt, pairs)])),
-        "distance_monotonic_over_0_0.25_0.5_0.75_1": bool(np.all(np.diff(distances) > 0))}
+        images = gen.decode(img2img_latents(denoise_fn, settings, init, noise, [contexts], uncond, strength,
+                                            progress=False))
+        rows[str(strength)] = {**rates(images),
+                               "mean_pixel_distance": float(np.abs(images.astype(np.float32) - inputs).mean() / 255)}
+    result = {"prompt": prompt, "example_prompt": describe(wants[0]), "guidance_scale": settings.guidance_scale,
+              "denoiser": "tiny UNet" if pool is None else f"exact, {len(pool[0])} toy-world scenes",
+              "strengths": rows}
+    monotonic_over = [s for s in (0.0, 0.25, 0.5, 0.75, 1.0) if str(s) in rows]
+    if len(monotonic_over) == 5:
+        distances = [rows[str(s)]["mean_pixel_distance"] for s in monotonic_over]
+        result["distance_monotonic_over_0_0.25_0.5_0.75_1"] = bool(np.all(np.diff(distances) > 0))
+    if pool is None:  # the model's text-to-image rate for the same prompts and seeds (an ordinary txt2img run)
+        txt = gen.decode(denoise(denoise_fn, settings, noise, [contexts], uncond, progress=False))
+        result["txt2img_prompt_read"] = rates(txt)["prompt_read"]
+    return result
 
 
 def two_shapes(i: int, left: tuple, right: tuple) -> np.ndarray:
@@ -222,8 +275,14 @@ def main() -> None:
     results = {"samples": args.samples, "steps": args.steps, "guidance_scale": gen.settings.guidance_scale,
                "embedding": os.path.relpath(args.embedding, ROOT)}
     only = args.only.split(",")
+    pool = functools.cache(lambda: exact_pool(gen))
     for name, fn in (("img2img", lambda: img2img(gen, args.samples)),
-                     ("img2img_guidance_1", lambda: img2img(gen, args.samples, 1.0)), ("inpaint", lambda: inpaint(gen, args.samples)),
+                     ("img2img_guidance_1", lambda: img2img(gen, args.samples, 1.0)),
+                     ("img2img_keeping", lambda: img2img(gen, args.samples, prompt="keeping")),
+                     ("img2img_exact", lambda: img2img(gen, args.samples, pool=pool())),
+                     ("img2img_exact_guidance_1", lambda: img2img(gen, args.samples, 1.0, pool=pool())),
+                     ("img2img_exact_keeping", lambda: img2img(gen, args.samples, prompt="keeping", pool=pool())),
+                     ("inpaint", lambda: inpaint(gen, args.samples)),
                      ("mix", lambda: mix(gen, args.samples, placeholder)),
                      ("walk", lambda: walk(gen, args.samples, placeholder, cfg, source))):
         if name.split("_")[0] in only:
