@@ -71,6 +71,8 @@ IMG2IMG_PROMPTS = {
     "conflicting": lambda s, c, other_s, other_c: {"shape": other_s, "color": other_c},
     "keeping": lambda s, c, other_s, other_c: {"shape": s, "color": c, "background": "yellow"},
 }
+FIGURE_SAMPLE = 1  # the green star: docs/images/img2img-strengths.png shows its row per setting
+FIGURE_ROWS = ("img2img", "img2img_keeping", "img2img_exact")
 EXACT_POOL = 8192  # toy-world scenes the exact denoiser knows (docs/generate.md)
 
 
@@ -134,15 +136,16 @@ def img2img(gen, n: int, guidance_scale: float | None = None, strengths=STRENGTH
                 "prompt_read": float(np.mean([all(m.get(k) == v for k, v in want.items())
                                               for m, want in zip(measured, wants)]))}
 
-    rows = {}
+    rows, strip = {}, []
     for strength in strengths:
         images = gen.decode(img2img_latents(denoise_fn, settings, init, noise, [contexts], uncond, strength,
                                             progress=False))
         rows[str(strength)] = {**rates(images),
                                "mean_pixel_distance": float(np.abs(images.astype(np.float32) - inputs).mean() / 255)}
+        strip.append(images[FIGURE_SAMPLE % n])
     result = {"prompt": prompt, "example_prompt": describe(wants[0]), "guidance_scale": settings.guidance_scale,
               "denoiser": "tiny UNet" if pool is None else f"exact, {len(pool[0])} toy-world scenes",
-              "strengths": rows}
+              "strengths": rows, "_strip": (describe(wants[FIGURE_SAMPLE % n]), strip)}
     monotonic_over = [s for s in (0.0, 0.25, 0.5, 0.75, 1.0) if str(s) in rows]
     if len(monotonic_over) == 5:
         distances = [rows[str(s)]["mean_pixel_distance"] for s in monotonic_over]
@@ -261,6 +264,21 @@ def walk(gen, n: int, placeholder: str, cfg, source, seeds=None) -> dict:
             "_frames": gif_frames}
 
 
+def write_figure(strips: dict, results: dict, path: str) -> None:
+    """One row per img2img setting of FIGURE_ROWS: the figure sample at every strength."""
+    from finetune.evaluation.grid import make_grid, save_png_atomic, with_title
+
+    images, labels = [], []
+    for name in FIGURE_ROWS:
+        prompt, row = strips[name]
+        who = "exact denoiser" if name.endswith("exact") else "tiny UNet"
+        images += row
+        labels += [f"{who}, {s}: {prompt}" for s in results[name]["strengths"]]
+    grid = make_grid(images, labels, ncols=len(images) // len(FIGURE_ROWS), cell_size=128)
+    save_png_atomic(with_title(grid, "img2img of a green star by strength (guidance 5, 25 DDIM steps)"), path)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedding", default=str(ROOT / "tests/fixtures/red-checkered-heart.safetensors"))
@@ -268,6 +286,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--out", default=str(ROOT / "docs/generate_quality.json"))
     parser.add_argument("--only", default="img2img,inpaint,mix,walk")
+    parser.add_argument("--figure", default=str(ROOT / "docs/images/img2img-strengths.png"))
     args = parser.parse_args()
     start = time.time()
     cfg, source, gen = load(args.embedding, args.steps)
@@ -275,7 +294,7 @@ def main() -> None:
     results = {"samples": args.samples, "steps": args.steps, "guidance_scale": gen.settings.guidance_scale,
                "embedding": os.path.relpath(args.embedding, ROOT)}
     only = args.only.split(",")
-    pool = functools.cache(lambda: exact_pool(gen))
+    pool, strips = functools.cache(lambda: exact_pool(gen)), {}
     for name, fn in (("img2img", lambda: img2img(gen, args.samples)),
                      ("img2img_guidance_1", lambda: img2img(gen, args.samples, 1.0)),
                      ("img2img_keeping", lambda: img2img(gen, args.samples, prompt="keeping")),
@@ -287,9 +306,13 @@ def main() -> None:
                      ("walk", lambda: walk(gen, args.samples, placeholder, cfg, source))):
         if name.split("_")[0] in only:
             t = time.time()
-            results[name] = {k: v for k, v in fn().items() if not k.startswith("_")}
+            full = fn()
+            strips[name] = full.get("_strip")
+            results[name] = {k: v for k, v in full.items() if not k.startswith("_")}
             results[name]["seconds"] = round(time.time() - t, 1)
             print(json.dumps({name: results[name]}, indent=1), flush=True)
+    if all(strips.get(name) for name in FIGURE_ROWS):
+        write_figure(strips, results, args.figure)
     results["seconds"] = round(time.time() - start, 1)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
