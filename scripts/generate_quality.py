@@ -87,7 +87,7 @@ def exact_pool(gen, size: int = EXACT_POOL, seed: int = 99):
 
 
 def exact_denoiser(pool, wants: list[dict]):
-    """(denoise_fn, contexts, uncond) for the sampling loop that run the exact denoiser of `pool`:
+    """(denoise_fn, contexts, uncond) for the sampling loop that runs the exact denoiser of `pool`:
     row b's context is b, conditioned on the pool scenes that have every attribute of wants[b]; the
     unconditional context is -1, the whole pool."""
     from finetune.diffusion.exact import exact_eps
