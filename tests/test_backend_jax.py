@@ -32,8 +32,8 @@ def run_backend(backend: str, out, *flags: str) -> subprocess.CompletedProcess:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("backends")
     out = {}
-    for backend in ("tensorflow", "jax"):
-        run_backend(backend, root / backend)
+    for backend, flags in (("tensorflow", ["--once"]), ("jax", [])):  # TensorFlow: the reference side only
+        run_backend(backend, root / backend, *flags)
         out[backend] = root / backend
     return out
 
@@ -57,7 +57,7 @@ def test_first_step_loss_and_gradient_equal_tensorflow(runs):
 def test_twenty_steps_learn_the_vectors_tensorflow_learns(runs):
     tf_vectors, jax_vectors = (np.load(runs[b] / "vectors-a.npy") for b in ("tensorflow", "jax"))
     assert relative(jax_vectors, tf_vectors) <= 1e-3
-    assert not np.allclose(tf_vectors, np.load(runs["tensorflow"] / "vectors-resumed.npy") * 0)
+    assert np.abs(tf_vectors).max() > 0
 
 
 def test_same_config_twice_and_resume_are_bitwise_equal_on_jax(runs):
