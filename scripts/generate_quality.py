@@ -150,7 +150,7 @@ def img2img(gen, n: int, guidance_scale: float | None = None, strengths=STRENGTH
     if len(monotonic_over) == 5:
         distances = [rows[str(s)]["mean_pixel_distance"] for s in monotonic_over]
         result["distance_monotonic_over_0_0.25_0.5_0.75_1"] = bool(np.all(np.diff(distances) > 0))
-    if pool is None:  # the model's text-to-image rate for the same prompts and seeds (an ordinary txt2img run)
+    if pool is None and "1.0" in rows:  # the model's txt2img rate, same prompts and seeds: strength 1's to compare
         txt = gen.decode(denoise(denoise_fn, settings, noise, [contexts], uncond, progress=False))
         result["txt2img_prompt_read"] = rates(txt)["prompt_read"]
     return result

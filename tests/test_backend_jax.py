@@ -14,6 +14,7 @@ import tarfile
 import numpy as np
 import pytest
 
+from finetune.export.diffusers_format import load_diffusers_embedding
 from tests.conftest import CONCEPT, ROOT
 
 pytest.importorskip("jax")
@@ -57,7 +58,8 @@ def test_first_step_loss_and_gradient_equal_tensorflow(runs):
 def test_twenty_steps_learn_the_vectors_tensorflow_learns(runs):
     tf_vectors, jax_vectors = (np.load(runs[b] / "vectors-a.npy") for b in ("tensorflow", "jax"))
     assert relative(jax_vectors, tf_vectors) <= 1e-3
-    assert np.abs(tf_vectors).max() > 0
+    _, tf_at_10, _ = load_diffusers_embedding(runs["tensorflow"] / "a" / "learned_embeds-steps-10.safetensors")
+    assert relative(tf_vectors, tf_at_10) > 1e-3  # still moving after step 10 (measured 0.24)
 
 
 def test_same_config_twice_and_resume_are_bitwise_equal_on_jax(runs):
